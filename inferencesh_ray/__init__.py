@@ -1,0 +1,29 @@
+"""inferencesh_ray: serve inference.sh-style apps on Ray Serve.
+
+The app author's API is `BaseApp`, `BaseAppInput`, `BaseAppOutput`, `BaseAppSetup`,
+`File` and `Metadata`; `AppHost` runs an app in-process; `TaskStatus` numbers
+statuses as the official SDK does.
+"""
+
+from .app import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, Metadata
+from .errors import AppCodeError, AppError, AppLoadError, FunctionNotFound, InvalidInput
+from .files import File
+from .host import AppHost, Call
+from .status import TaskStatus
+
+__all__ = [
+    "AppCodeError",
+    "AppError",
+    "AppHost",
+    "AppLoadError",
+    "BaseApp",
+    "BaseAppInput",
+    "BaseAppOutput",
+    "BaseAppSetup",
+    "Call",
+    "File",
+    "FunctionNotFound",
+    "InvalidInput",
+    "Metadata",
+    "TaskStatus",
+]

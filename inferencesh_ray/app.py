@@ -1,0 +1,70 @@
+"""What an app author imports: the base classes of an app and its models.
+
+Nothing here is required: an app may subclass the official `inferencesh` classes, or
+none at all, and plain pydantic models work as inputs and outputs. These exist so an
+app written for us reads like one written for inference.sh.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+
+class BaseAppInput(BaseModel):
+    pass
+
+
+class BaseAppOutput(BaseModel):
+    pass
+
+
+class BaseAppSetup(BaseModel):
+    """The typed setup config of an app; one instance is warm per distinct config."""
+
+
+class Metadata(BaseModel):
+    """Facts about the running task, and `log()` to add a line to its logs."""
+
+    model_config = ConfigDict(extra="allow")
+
+    app_id: Optional[str] = None
+    app_version_id: Optional[str] = None
+    worker_id: Optional[str] = None
+    gpu_ids: Optional[List[str]] = None
+    task_id: Optional[str] = None
+    team_id: Optional[str] = None
+    user_id: Optional[str] = None
+
+    _log_sink: Optional[Callable[[str], None]] = PrivateAttr(default=None)
+
+    def log(self, message: Any) -> None:
+        """Record one log line for the running task (printed to stderr outside a task)."""
+        text = str(message)
+        if self._log_sink is not None:
+            self._log_sink(text)
+        else:
+            import sys
+
+            print(text, file=sys.stderr)
+
+    def update(self, other: "dict[str, Any] | BaseModel") -> None:
+        values = other.model_dump() if isinstance(other, BaseModel) else other
+        for key, value in values.items():
+            setattr(self, key, value)
+
+
+class BaseApp:
+    """Base class of an app: override `setup`, `unload` and add typed functions.
+
+    Every public method that takes one pydantic input model (plus, optionally, a
+    `metadata` parameter) and returns a pydantic output model is a function clients
+    can call; `run` is the default one.
+    """
+
+    async def setup(self) -> None:
+        pass
+
+    async def unload(self) -> None:
+        pass

@@ -1,0 +1,186 @@
+"""`infsh-ray`: check, describe and try an app locally; serve it; talk to a server.
+
+Conventions: results (JSON) go to stdout, progress and logs to stderr; a failure prints
+one `error: ...` line (plus the app's own traceback frames when its code raised) and
+exits non-zero. Nothing here needs Ray unless the command serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .discovery import Discovery
+from .errors import AppCodeError, AppError, InvalidInput
+from .events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp
+from .host import AppHost, Call
+from .loader import DEFAULT_REF, load_app
+from .schema import functions_schema
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message says what to give instead."""
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except InvalidInput as exc:
+        print(f"error: invalid {exc.what}:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    except AppError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if isinstance(exc, AppCodeError) and exc.traceback:
+            print(exc.traceback, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infsh-ray", description="Serve inference.sh-style apps on Ray Serve.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    app = commands.add_parser("app", help="check, describe and try an app locally (no Ray needed)")
+    app_commands = app.add_subparsers(title="app commands", metavar="COMMAND")
+    path_help = f"app directory, .py file or package.module:Class (default {DEFAULT_REF})"
+
+    validate = app_commands.add_parser("validate", help="list the app's functions, or say why there are none")
+    validate.add_argument("path", nargs="?", default=DEFAULT_REF, help=path_help)
+    validate.add_argument("-v", "--verbose", action="store_true", help="show every rule checked for every method")
+    validate.set_defaults(handler=_validate)
+
+    schema = app_commands.add_parser("schema", help="print functions_schema.json")
+    schema.add_argument("path", nargs="?", default=DEFAULT_REF, help=path_help)
+    schema.add_argument("-o", "--output", type=Path, help="write the schema to this file instead of stdout")
+    schema.set_defaults(handler=_schema)
+
+    dev = app_commands.add_parser("dev", help="run one function in this process and print its output")
+    dev.add_argument("path", nargs="?", default=DEFAULT_REF, help=path_help)
+    dev.add_argument("-f", "--function", help="function to call (default: run)")
+    dev.add_argument("-i", "--input", default="{}", help="input as JSON, or @file.json (default {})")
+    dev.add_argument("-s", "--setup", help="setup config as JSON, or @file.json")
+    dev.set_defaults(handler=_dev)
+    return parser
+
+
+def read_json_arg(value: Optional[str], flag: str) -> Any:
+    """Parse `--flag JSON` or `--flag @file.json`."""
+    if value is None:
+        return None
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text()
+        except OSError as exc:
+            raise UsageError(f"{flag}: cannot read {value[1:]}: {exc.strerror}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{flag} is not valid JSON ({exc}); pass a JSON object or @file.json") from exc
+
+
+def _validate(args: argparse.Namespace) -> int:
+    loaded = load_app(args.path)
+    discovery = AppHost(loaded.app_cls).discovery
+    out = sys.stdout
+    print(f"app {loaded.name!r}: class {loaded.app_cls.__name__} from {loaded.module.__file__ or args.path}", file=out)
+    setup = discovery.setup
+    if setup.model is not None:
+        print(f"setup config: {setup.model.__name__} ({', '.join(_field_names(setup.model))})", file=out)
+    if args.verbose:
+        _print_rules(discovery)
+    if not discovery.functions:
+        raise AppError(
+            "no functions found: a function is a public method taking one pydantic input model and "
+            "returning a pydantic output model" + ("" if args.verbose else " (run with --verbose to see each method)")
+        )
+    print(f"{len(discovery.functions)} function(s):", file=out)
+    for name, fn in discovery.functions.items():
+        default = " (default)" if name == discovery.default_function else ""
+        arrow = "yields" if fn.call_kind == "generator" else "->"
+        print(f"  ✓ {name}{default}: {fn.input_model.__name__} {arrow} {fn.output_model.__name__}", file=out)
+    if discovery.default_function is None:
+        print("  note: no `run` function, so every call must name its function", file=out)
+    return 0
+
+
+def _print_rules(discovery: Discovery) -> None:
+    for report in discovery.reports:
+        print(f"{report.name}: {'DISCOVERED' if report.discovered else 'SKIPPED'}")
+        for rule in report.rules:
+            print(f"    {'✓' if rule.passed else '✗'} {rule.text}")
+
+
+def _field_names(model: type) -> list[str]:
+    fields = getattr(model, "model_fields", None) or getattr(model, "__fields__", {})
+    return list(fields)
+
+
+def _schema(args: argparse.Namespace) -> int:
+    loaded = load_app(args.path)
+    text = json.dumps(functions_schema(AppHost(loaded.app_cls).discovery), indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    data = read_json_arg(args.input, "--input")
+    setup = read_json_arg(args.setup, "--setup")
+    if setup is not None and not isinstance(setup, dict):
+        raise UsageError("--setup must be a JSON object")
+    host = AppHost.load(args.path)
+    function = host.function(args.function)
+    host.setup_config(setup)  # a bad config is reported before anything runs
+    return asyncio.run(_dev_run(host, Call(function.name, data, setup)))
+
+
+async def _dev_run(host: AppHost, call: Call) -> int:
+    err = sys.stderr
+    try:
+        async for event in host.run(call):
+            if isinstance(event, SettingUp):
+                print(f"setting up {host.app_cls.__name__}...", file=err, flush=True)
+            elif isinstance(event, Running):
+                print(f"running {call.function}...", file=err, flush=True)
+            elif isinstance(event, Log):
+                print(event.text, file=err, flush=True)
+            elif isinstance(event, Output):
+                print(f"progress: {json.dumps(event.output)}", file=err, flush=True)
+            elif isinstance(event, Completed):
+                print(json.dumps(event.output, indent=2))
+                return 0
+            elif isinstance(event, Failed):
+                print(f"error: {event.error}", file=err)
+                if event.traceback:
+                    print(event.traceback, file=err)
+                return 1
+            elif isinstance(event, Cancelled):
+                print("cancelled", file=err)
+                return 130
+    finally:
+        await host.close()
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

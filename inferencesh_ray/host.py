@@ -1,0 +1,329 @@
+"""The app host: the one place that runs an app's code.
+
+It loads an app, runs `setup` once per setup config (a different config runs `unload`
+first), calls a function with validated input, captures logs, fetches input files and
+publishes output files, and runs `unload` on close. The dev loop, Serve replicas and
+session actors all run apps through an `AppHost`; none of them calls user code itself.
+It imports no Ray.
+
+    host = AppHost.load("examples/image_model")
+    async for event in host.run(Call("upscale", {"image": "in.png"})):
+        ...   # SettingUp, Running, Log, Output, Uploading, then Completed | Failed | Cancelled
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import inspect
+import json
+import logging
+import shutil
+import tempfile
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, AsyncIterator, Callable, Optional
+
+import pydantic
+
+from . import logs
+from .app import Metadata
+from .discovery import AppFunction, Discovery, discover
+from .errors import AppCodeError, FieldError, FunctionNotFound, InvalidInput
+from .events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp, TaskEvent, Uploading
+from .file_access import FileAccess, FileFetchError, LocalFiles
+from .file_fields import file_slots
+from .loader import load_app
+from .schema import model_schema
+from .tracebacks import app_traceback, describe
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call of a function: what a task asks the host to run."""
+
+    function: Optional[str]
+    input: dict[str, Any]
+    setup: Optional[dict[str, Any]] = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SetupConfig:
+    """A validated setup config and its key: equal configs have equal keys."""
+
+    value: Any
+    key: str
+
+
+class AppHost:
+    def __init__(self, app_cls: type, *, files: Optional[FileAccess] = None, app_id: Optional[str] = None) -> None:
+        self.app_cls = app_cls
+        self.app_id = app_id
+        self.discovery: Discovery = discover(app_cls)
+        self.files: FileAccess = files or LocalFiles()
+        self._app: Any = None
+        self._setup_key: Optional[str] = None
+        self._gate = asyncio.Lock()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._active = 0
+        self._schemas: dict[type, dict] = {}
+
+    @classmethod
+    def load(cls, ref: str, **kwargs: Any) -> "AppHost":
+        loaded = load_app(ref)
+        kwargs.setdefault("app_id", loaded.name)
+        return cls(loaded.app_cls, **kwargs)
+
+    @property
+    def functions(self) -> dict[str, AppFunction]:
+        return self.discovery.functions
+
+    @property
+    def setup_key(self) -> Optional[str]:
+        """The key of the config this instance is set up with, None before setup."""
+        return self._setup_key
+
+    def function(self, name: Optional[str]) -> AppFunction:
+        """The named function, or the default `run`; FunctionNotFound lists the known ones."""
+        chosen = name or self.discovery.default_function
+        if chosen is None or chosen not in self.functions:
+            raise FunctionNotFound(name, list(self.functions))
+        return self.functions[chosen]
+
+    def setup_config(self, config: Optional[dict[str, Any]]) -> SetupConfig:
+        """Validate a setup config against the app's setup model, filling in defaults."""
+        spec = self.discovery.setup
+        if not spec.takes_config:
+            if config:
+                raise InvalidInput("setup", [FieldError("setup", "this app's setup takes no config")])
+            return SetupConfig(None, "default")
+        config = config or {}
+        if spec.model is None:
+            return SetupConfig(config, _key(config))
+        value = validate_model(spec.model, config, "setup")
+        return SetupConfig(value, _key(dump_model(value)))
+
+    def validate_input(self, function: AppFunction, data: Any) -> Any:
+        return validate_model(function.input_model, data, "input")
+
+    def schema_of(self, model: type) -> dict:
+        if model not in self._schemas:
+            self._schemas[model] = model_schema(model)
+        return self._schemas[model]
+
+    async def run(self, call: Call) -> AsyncIterator[TaskEvent]:
+        """Serve one call, yielding its events; the last is Completed, Failed or Cancelled.
+
+        Closing the iterator early (or cancelling its consumer) cancels the call.
+        """
+        queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
+        emit = _threadsafe_put(queue)
+        worker = asyncio.ensure_future(self._serve(call, emit))
+        worker.add_done_callback(lambda _: emit(None))
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                yield event
+            worker.result()
+        finally:
+            if not worker.done():
+                worker.cancel()
+                await asyncio.gather(worker, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Run `unload` if the app is set up; the host can set up again afterwards."""
+        async with self._gate:
+            await self._idle.wait()
+            await self._unload()
+
+    async def _serve(self, call: Call, emit: Callable[[Any], None]) -> None:
+        metadata = Metadata(**{"app_id": self.app_id, **call.metadata})
+        metadata._log_sink = lambda text: emit(Log(text))
+        workdir = Path(tempfile.mkdtemp(prefix="infsh-task-"))
+        try:
+            with logs.capture(metadata._log_sink):
+                function = self.function(call.function)
+                config = self.setup_config(call.setup)
+                value = await self._prepare_input(function, call.input, workdir)
+                async with self._instance(config, metadata, emit):
+                    emit(Running())
+                    output = await self._call(function, value, metadata, emit)
+                emit(Completed(await self._publish_outputs(function, output, lambda: emit(Uploading()))))
+        except asyncio.CancelledError:
+            emit(Cancelled())
+            raise
+        except AppCodeError as exc:
+            emit(Failed(str(exc), exc.traceback))
+        except (InvalidInput, FunctionNotFound) as exc:
+            emit(Failed(str(exc)))
+        except Exception as exc:  # a bug of ours: the task still ends, and the log says where
+            _log.exception("app host failed while serving %s", call.function)
+            emit(Failed(f"internal error: {describe(exc)}"))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    @asynccontextmanager
+    async def _instance(self, config: SetupConfig, metadata: Metadata, emit: Callable[[Any], None]):
+        """Hold the app, set up with `config`, for one call.
+
+        Calls with the same config share the instance; a call with another config waits
+        (FIFO, behind the gate) until the running calls finish, then unloads and sets up.
+        """
+        async with self._gate:
+            if self._setup_key != config.key:
+                await self._idle.wait()
+                emit(SettingUp())
+                await self._unload()
+                await self._setup(config, metadata)
+            self._active += 1
+            self._idle.clear()
+        try:
+            yield self._app
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def _setup(self, config: SetupConfig, metadata: Metadata) -> None:
+        if self._app is None:
+            self._app = self.app_cls()
+        # Official apps read `self.context.metadata` ("the engine attaches it at setup").
+        try:
+            self._app.context = SimpleNamespace(metadata=metadata)
+        except (AttributeError, TypeError, ValueError):
+            pass
+        spec = self.discovery.setup
+        args = ([config.value] if spec.takes_config else []) + ([metadata] if spec.takes_metadata else [])
+        await _invoke(self._app.setup, args, "setup")
+        self._setup_key = config.key
+
+    async def _unload(self) -> None:
+        if self._setup_key is None or self._app is None:
+            return
+        self._setup_key = None
+        unload = getattr(self._app, "unload", None)
+        if unload is not None:
+            await _invoke(unload, [], "unload")
+
+    async def _call(self, function: AppFunction, value: Any, metadata: Metadata, emit: Callable) -> Any:
+        method = getattr(self._app, function.name)
+        kwargs = {"metadata": metadata} if function.takes_metadata else {}
+        if function.call_kind != "generator":
+            return await _invoke(method, [value], function.name, **kwargs)
+        last = None
+        try:
+            async for snapshot in method(value, **kwargs):
+                last = snapshot
+                emit(Output(await self._publish_outputs(function, snapshot)))
+        except Exception as exc:
+            raise AppCodeError(describe(exc), app_traceback(exc)) from exc
+        if last is None:
+            raise AppCodeError(f"{function.name} yielded no output")
+        return last
+
+    async def _prepare_input(self, function: AppFunction, data: Any, workdir: Path) -> Any:
+        """Fetch the input's files to local paths, then validate; errors of both kinds are reported together."""
+        if not isinstance(data, dict):
+            raise InvalidInput("input", [FieldError("input", f"expected an object, got {type(data).__name__}")])
+        data = copy.deepcopy(data)
+        errors = []
+        for index, slot in enumerate(file_slots(self.schema_of(function.input_model), data)):
+            slot_dir = workdir / str(index)
+            slot_dir.mkdir()
+            try:
+                slot.set(await self.files.fetch(slot.value, slot_dir))
+            except FileFetchError as exc:
+                errors.append(FieldError(slot.loc, str(exc)))
+        try:
+            value = self.validate_input(function, data)
+        except InvalidInput as exc:
+            failed = {error.loc for error in errors}
+            errors += [error for error in exc.errors if error.loc not in failed]
+        if errors:
+            raise InvalidInput("input", errors)
+        return value
+
+    async def _publish_outputs(
+        self, function: AppFunction, output: Any, announce: Optional[Callable[[], None]] = None
+    ) -> Any:
+        if not isinstance(output, function.output_model):
+            raise AppCodeError(
+                f"{function.name} returned {type(output).__name__}, expected {function.output_model.__name__}"
+            )
+        document = dump_model(output)
+        slots = file_slots(self.schema_of(function.output_model), document)
+        local = [slot for slot in slots if isinstance(slot.value, dict) and slot.value.get("path")]
+        if local and announce is not None:
+            announce()
+        for slot in local:
+            slot.set(await self.files.publish(slot.value))
+        return document
+
+
+def validate_model(model: type, data: Any, what: str) -> Any:
+    """Validate with a pydantic v2 or v1 model; InvalidInput names each bad field."""
+    try:
+        if issubclass(model, pydantic.BaseModel):
+            return model.model_validate(data)
+        return model.parse_obj(data)
+    except (pydantic.ValidationError, _v1_validation_error()) as exc:
+        raise InvalidInput(what, [FieldError(".".join(map(str, e["loc"])) or what, e["msg"]) for e in exc.errors()])
+
+
+def dump_model(value: Any) -> Any:
+    """A model as JSON-compatible data (v2 `model_dump(mode="json")`, v1 via `.json()`)."""
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    return json.loads(value.json())
+
+
+def _v1_validation_error() -> type:
+    try:
+        from pydantic.v1 import ValidationError
+    except ImportError:  # pragma: no cover
+        return pydantic.ValidationError
+    return ValidationError
+
+
+def _key(config: Any) -> str:
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+async def _invoke(method: Callable, args: list, what: str, **kwargs: Any) -> Any:
+    """Call app code, sync (in a thread) or async; its exceptions become AppCodeError."""
+    try:
+        if inspect.iscoroutinefunction(method):
+            return await method(*args, **kwargs)
+        result = await asyncio.to_thread(method, *args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        prefix = f"{what} failed: " if what in ("setup", "unload") else ""
+        raise AppCodeError(prefix + describe(exc), app_traceback(exc)) from exc
+
+
+def _threadsafe_put(queue: asyncio.Queue) -> Callable[[Any], None]:
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+
+    def put(event: Any) -> None:
+        if threading.get_ident() == loop_thread:
+            queue.put_nowait(event)
+        else:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    return put

@@ -1,0 +1,93 @@
+"""Find and import an app: an app directory, a `.py` file, or `package.module:Class`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from .errors import AppLoadError
+from .tracebacks import app_traceback
+
+DEFAULT_REF = "./inference.py"
+APP_CLASS = "App"
+
+
+@dataclass(frozen=True)
+class LoadedApp:
+    app_cls: type
+    module: ModuleType
+    name: str
+    """The default app name: its directory's (or module's), `_` written as `-`."""
+
+
+def load_app(ref: str = DEFAULT_REF) -> LoadedApp:
+    target, _, class_name = ref.partition(":") if not _is_windows_drive(ref) else (ref, "", "")
+    path = Path(target)
+    if path.is_dir():
+        path = path / "inference.py"
+        if not path.is_file():
+            raise AppLoadError(f"{target} is a directory without an inference.py; point at the app's .py file")
+    if path.suffix == ".py" or path.is_file():
+        module = _import_file(path)
+        name = path.resolve().parent.name if path.name == "inference.py" else path.stem
+    else:
+        module = _import_module(target)
+        name = target.rpartition(".")[2]
+    class_name = class_name or APP_CLASS
+    app_cls = getattr(module, class_name, None)
+    if not isinstance(app_cls, type):
+        classes = sorted(n for n, v in vars(module).items() if isinstance(v, type) and v.__module__ == module.__name__)
+        raise AppLoadError(
+            f"{ref}: no class {class_name!r} in {module.__name__}; name one with PATH:Class "
+            f"(classes defined there: {', '.join(classes) or 'none'})"
+        )
+    return LoadedApp(app_cls=app_cls, module=module, name=name.replace("_", "-"))
+
+
+def _is_windows_drive(ref: str) -> bool:
+    return len(ref) > 1 and ref[1] == ":" and ref[0].isalpha()
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.is_file():
+        raise AppLoadError(f"app file not found: {path}; give an app directory, a .py file or package.module:Class")
+    path = path.resolve()
+    # A name unique per file, so two apps both called inference.py never collide.
+    name = f"infsh_app_{path.parent.name}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise AppLoadError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    # The app's own directory is importable, so `from helpers import x` works beside inference.py.
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        del sys.modules[name]
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise AppLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}\n{app_traceback(exc)}") from exc
+    return module
+
+
+def _import_module(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name and name.startswith(exc.name):
+            raise AppLoadError(
+                f"{name!r} is neither a file, an app directory nor an importable module "
+                "(give an app directory, a .py file or package.module:Class)"
+            ) from exc
+        raise AppLoadError(f"importing {name} failed: {exc}\n{app_traceback(exc)}") from exc
+    except Exception as exc:
+        raise AppLoadError(f"importing {name} failed: {type(exc).__name__}: {exc}\n{app_traceback(exc)}") from exc

@@ -1,0 +1,97 @@
+"""Route what an app prints or logs into the logs of the task that is running it.
+
+`print`, `sys.stderr.write` and `logging` calls made while a task runs (in its asyncio
+task, or in the thread a sync function runs in, since contextvars follow
+`asyncio.to_thread`) go to that task's sink, line by line. Everything else passes
+through to the real streams.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import logging
+import sys
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator, TextIO
+
+_current: contextvars.ContextVar["LineSink | None"] = contextvars.ContextVar("infsh_log_sink", default=None)
+_install_lock = threading.Lock()
+_installed = False
+
+
+class LineSink:
+    """Turns writes into whole lines for one task."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self._emit = emit
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            lines = (self._partial + text).split("\n")
+            self._partial = lines.pop()
+        for line in lines:
+            self._emit(line)
+
+    def flush(self) -> None:
+        with self._lock:
+            rest, self._partial = self._partial, ""
+        if rest:
+            self._emit(rest)
+
+
+class _StreamProxy(io.TextIOBase):
+    def __init__(self, real: TextIO) -> None:
+        self._real = real
+
+    def write(self, text: str) -> int:
+        sink = _current.get()
+        if sink is None:
+            return self._real.write(text)
+        sink.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if _current.get() is None:
+            self._real.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+
+class _SinkHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        sink = _current.get()
+        if sink is not None:
+            sink.write(self.format(record) + "\n")
+
+
+def install() -> None:
+    """Wrap stdout/stderr (again, if something swapped them since) and add a root logging handler once."""
+    global _installed
+    with _install_lock:
+        if not isinstance(sys.stdout, _StreamProxy):
+            sys.stdout = _StreamProxy(sys.stdout)
+        if not isinstance(sys.stderr, _StreamProxy):
+            sys.stderr = _StreamProxy(sys.stderr)
+        if not _installed:
+            handler = _SinkHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logging.getLogger().addHandler(handler)
+            _installed = True
+
+
+@contextmanager
+def capture(emit: Callable[[str], None]) -> Iterator[LineSink]:
+    """Within this block (and threads started via asyncio.to_thread), output goes to `emit`."""
+    install()
+    sink = LineSink(emit)
+    token = _current.set(sink)
+    try:
+        yield sink
+    finally:
+        sink.flush()
+        _current.reset(token)

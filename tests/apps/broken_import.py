@@ -1,0 +1,5 @@
+def explode():
+    raise ImportError("the model weights module is missing")
+
+
+explode()

@@ -1,0 +1,72 @@
+"""A test app that records every lifecycle call, to check setup/unload order and counts."""
+
+from typing import AsyncGenerator, Literal
+
+from pydantic import BaseModel, Field
+
+from inferencesh_ray import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, Metadata
+
+EVENTS: list[str] = []
+
+
+class AppSetup(BaseAppSetup):
+    mode: Literal["a", "b"] = "a"
+    fail: bool = False
+
+
+class EchoInput(BaseAppInput):
+    text: str = Field(description="What to echo")
+    times: int = Field(1, ge=1, le=10)
+
+
+class EchoOutput(BaseAppOutput):
+    text: str
+    mode: str
+
+
+class App(BaseApp):
+    async def setup(self, config: AppSetup) -> None:
+        EVENTS.append(f"setup:{config.mode}")
+        if config.fail:
+            raise ValueError("setup was told to fail")
+        self.mode = config.mode
+
+    async def unload(self) -> None:
+        EVENTS.append(f"unload:{self.mode}")
+
+    async def run(self, input_data: EchoInput, metadata: Metadata) -> EchoOutput:
+        metadata.log(f"echoing {input_data.text}")
+        return EchoOutput(text=input_data.text * input_data.times, mode=self.mode)
+
+    def shout(self, input_data: EchoInput) -> EchoOutput:
+        print("shouting", input_data.text)
+        return EchoOutput(text=input_data.text.upper(), mode=self.mode)
+
+    async def count(self, input_data: EchoInput) -> AsyncGenerator[EchoOutput, None]:
+        for index in range(input_data.times):
+            yield EchoOutput(text=f"{input_data.text}{index}", mode=self.mode)
+
+    async def boom(self, input_data: EchoInput) -> EchoOutput:
+        raise RuntimeError(f"boom: {input_data.text}")
+
+    async def nothing(self, input_data: EchoInput) -> AsyncGenerator[EchoOutput, None]:
+        if False:
+            yield
+
+    async def slow(self, input_data: EchoInput) -> EchoOutput:
+        import asyncio
+
+        EVENTS.append("slow:start")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            EVENTS.append("slow:cancelled")
+            raise
+        return EchoOutput(text="late", mode=self.mode)
+
+    async def wrong_type(self, input_data: EchoInput) -> EchoOutput:
+        return {"text": "not a model"}  # type: ignore[return-value]
+
+
+class Plain(BaseModel):
+    value: int

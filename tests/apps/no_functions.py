@@ -1,0 +1,3 @@
+class App:
+    def helper(self, x: int) -> int:
+        return x

@@ -1,0 +1,114 @@
+"""`infsh-ray app validate | schema | dev`, driven as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+EXAMPLE = str(ROOT / "examples" / "image_model")
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "inferencesh_ray.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_validate_lists_functions_and_verbose_rules(apps):
+    result = cli("app", "validate", str(apps / "counting.py"))
+    assert result.returncode == 0, result.stderr
+    assert "✓ run (default): EchoInput -> EchoOutput" in result.stdout
+    assert "✓ count: EchoInput yields EchoOutput" in result.stdout
+    verbose = cli("app", "validate", str(apps / "skips.py"), "--verbose")
+    assert "no_return_hint: SKIPPED" in verbose.stdout
+    assert "    ✗ missing return type hint" in verbose.stdout
+    assert "good: DISCOVERED" in verbose.stdout
+    assert "note: no `run` function" in verbose.stdout
+
+
+def test_default_path_is_inference_py_in_cwd(tmp_path, apps):
+    (tmp_path / "inference.py").write_text((apps / "counting.py").read_text())
+    result = cli("app", "validate", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"app {tmp_path.name.replace('_', '-')!r}" in result.stdout
+
+
+def test_validate_errors(apps, tmp_path):
+    missing = cli("app", "validate", str(tmp_path / "nope.py"))
+    assert missing.returncode == 1 and missing.stderr.startswith("error: app file not found")
+    none = cli("app", "validate", str(apps / "no_functions.py"))
+    assert none.returncode == 1 and "error: no functions found" in none.stderr
+    broken = cli("app", "validate", str(apps / "broken_import.py"))
+    assert broken.returncode == 1
+    assert "ImportError: the model weights module is missing" in broken.stderr
+    assert "broken_import.py\", line 5" in broken.stderr  # the app's own frames
+    assert "Traceback (most recent call last)" not in broken.stderr
+    empty_dir = cli("app", "validate", str(tmp_path))
+    assert "without an inference.py" in empty_dir.stderr
+    no_class = cli("app", "validate", f"{apps / 'counting.py'}:Nope")
+    assert "no class 'Nope'" in no_class.stderr and "App" in no_class.stderr
+
+
+def test_module_reference(apps):
+    result = subprocess.run(
+        [sys.executable, "-m", "inferencesh_ray.cli", "app", "validate", "counting:App"],
+        capture_output=True, text=True, cwd=apps, env={"PYTHONPATH": f"{apps}:{ROOT}"}, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_schema_to_stdout_and_file(tmp_path):
+    result = cli("app", "schema", EXAMPLE)
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert list(schema["functions"]) == ["generate", "upscale", "inpaint", "run"]
+    assert schema["setup_schema"]["properties"]["precision"]["enum"] == ["fp32", "fp16"]
+    out = tmp_path / "functions_schema.json"
+    assert cli("app", "schema", EXAMPLE, "-o", str(out)).returncode == 0
+    assert json.loads(out.read_text()) == schema
+
+
+def test_dev_runs_each_example_function(tmp_path):
+    generated = cli("app", "dev", EXAMPLE, "-f", "generate", "--input", '{"width": 32, "height": 24, "seed": 1}')
+    assert generated.returncode == 0, generated.stderr
+    output = json.loads(generated.stdout)
+    assert (output["width"], output["height"]) == (32, 24)
+    assert "generating 32x24 texture, seed 1" in generated.stderr  # metadata.log, on stderr
+    image = output["image"]["path"]
+    (tmp_path / "in.json").write_text(json.dumps({"image": image, "scale": 2}))
+    upscaled = cli("app", "dev", EXAMPLE, "-f", "upscale", "--input", f"@{tmp_path / 'in.json'}")
+    assert upscaled.returncode == 0, upscaled.stderr
+    assert json.loads(upscaled.stdout)["width"] == 64
+    inpainted = cli(
+        "app", "dev", EXAMPLE, "-f", "inpaint", "--input", json.dumps({"image": image, "box": [4, 4, 8, 8]}),
+        "--setup", '{"precision": "fp16"}',
+    )
+    assert inpainted.returncode == 0, inpainted.stderr
+    assert "inpainting 64 pixels" in inpainted.stderr
+    default = cli("app", "dev", EXAMPLE, "--input", '{"width": 16, "height": 16}')
+    assert default.returncode == 0 and json.loads(default.stdout)["width"] == 16
+
+
+def test_dev_errors_are_one_clear_line(apps):
+    not_json = cli("app", "dev", EXAMPLE, "--input", "{nope")
+    assert not_json.returncode == 2 and not_json.stderr.startswith("error: --input is not valid JSON")
+    unknown = cli("app", "dev", EXAMPLE, "-f", "sharpen")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == (
+        "error: unknown function 'sharpen'; this app's functions are: generate, upscale, inpaint, run"
+    )
+    invalid = cli("app", "dev", EXAMPLE, "-f", "upscale", "--input", '{"scale": 99}')
+    assert invalid.returncode == 1
+    assert "image: Field required" in invalid.stderr and "scale: Input should be less than or equal to 8" in invalid.stderr
+    bad_setup = cli("app", "dev", EXAMPLE, "--setup", '{"device": "tpu"}')
+    assert bad_setup.returncode == 1 and "device: Input should be 'auto', 'cpu' or 'cuda'" in bad_setup.stderr
+    crash = cli("app", "dev", str(apps / "counting.py"), "-f", "boom", "--input", '{"text": "t"}')
+    assert crash.returncode == 1
+    assert "error: RuntimeError: boom: t" in crash.stderr and "counting.py" in crash.stderr
+    no_run = cli("app", "dev", str(apps / "skips.py"), "--input", '{"x": 1}')
+    assert "this app has no `run` function, so name one; its functions are: good, with_metadata" in no_run.stderr
+    missing_file = cli("app", "dev", EXAMPLE, "--input", "@/no/such.json")
+    assert missing_file.returncode == 2 and "cannot read /no/such.json" in missing_file.stderr

@@ -1,0 +1,88 @@
+"""Discovery: which methods are functions, and why each other method is skipped."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from inferencesh_ray.discovery import SetupSpec, discover, inspect_setup
+from inferencesh_ray.loader import load_app
+
+
+def reports(path):
+    discovery = discover(load_app(str(path)).app_cls)
+    return discovery, {report.name: report for report in discovery.reports}
+
+
+def failed(report) -> list[str]:
+    return [rule.text for rule in report.rules if not rule.passed]
+
+
+def test_every_skip_reason_is_named(apps):
+    discovery, by_name = reports(apps / "skips.py")
+    assert sorted(discovery.functions) == ["good", "with_metadata"]
+    assert discovery.functions["with_metadata"].takes_metadata
+    assert failed(by_name["_private"]) == ["private (leading underscore)"]
+    assert failed(by_name["setup"])[0] == "reserved lifecycle method"
+    assert "missing input type hint" in failed(by_name["no_input_hint"])
+    assert "missing return type hint" in failed(by_name["no_return_hint"])
+    assert any("takes 2 parameters" in text for text in failed(by_name["two_inputs"]))
+    assert any("takes 0 parameters" in text for text in failed(by_name["no_inputs"]))
+    assert any("input type int is not a pydantic model" in text for text in failed(by_name["not_a_model"]))
+    assert any("return type dict is not a pydantic model" in text for text in failed(by_name["returns_dict"]))
+    assert any("sync generators are not supported" in text for text in failed(by_name["sync_generator"]))
+    assert any("AsyncGenerator[Model, None]" in text for text in failed(by_name["gen_bad_hint"]))
+    assert any("not an instance method" in text for text in failed(by_name["static"]))
+    assert any("could not be resolved" in text for text in failed(by_name["unresolvable"]))
+
+
+def test_call_kinds_and_default(apps):
+    discovery, _ = reports(apps / "counting.py")
+    kinds = {name: fn.call_kind for name, fn in discovery.functions.items()}
+    assert kinds["run"] == "async"
+    assert kinds["shout"] == "sync"
+    assert kinds["count"] == "generator"
+    assert discovery.default_function == "run"
+    assert discovery.functions["count"].output_model.__name__ == "EchoOutput"
+    assert "setup" not in discovery.functions and "unload" not in discovery.functions
+
+
+def test_pydantic_v1_app_without_base_class(apps):
+    discovery, _ = reports(apps / "pydantic_v1_app.py")
+    assert list(discovery.functions) == ["run"]
+    assert discovery.setup.takes_config is False
+
+
+def test_official_package_app(apps):
+    discovery, _ = reports(apps / "official_app.py")
+    # pydantic's own BaseModel methods (model_dump, ...) and the official base's run are not the app's.
+    assert sorted(discovery.functions) == ["run", "save"]
+    assert discovery.functions["run"].takes_metadata
+    # `setup(self, config)` untyped takes the module's AppSetup, as inference.sh does.
+    assert discovery.setup.model.__name__ == "AppSetup"
+
+
+class Config(BaseModel):
+    a: int = 1
+
+
+class NoConfig:
+    def setup(self): ...
+
+
+class OnlyMetadata:
+    def setup(self, metadata): ...
+
+
+class Typed:
+    def setup(self, config: Config): ...
+
+
+class Both:
+    def setup(self, config: Config, metadata): ...
+
+
+def test_setup_signatures():
+    assert inspect_setup(NoConfig) == SetupSpec(takes_config=False, takes_metadata=False, model=None)
+    assert inspect_setup(OnlyMetadata) == SetupSpec(takes_config=False, takes_metadata=True, model=None)
+    assert inspect_setup(Typed) == SetupSpec(takes_config=True, takes_metadata=False, model=Config)
+    assert inspect_setup(Both) == SetupSpec(takes_config=True, takes_metadata=True, model=Config)

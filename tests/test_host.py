@@ -1,0 +1,263 @@
+"""The app host: setup per config, calls, logs, generators, errors, cancel, files."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+from helpers import events_of
+
+from inferencesh_ray.events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp, Uploading
+from inferencesh_ray.host import AppHost, Call
+from inferencesh_ray.loader import load_app
+
+
+@pytest.fixture
+def counting(apps):
+    loaded = load_app(str(apps / "counting.py"))
+    loaded.module.EVENTS.clear()
+    return loaded.app_cls, loaded.module.EVENTS
+
+
+def test_setup_once_per_config_and_unload_before_next_setup(counting):
+    app_cls, lifecycle = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        for mode in ["a", "a", "b", "b", "a"]:
+            events = await events_of(host, Call("run", {"text": "x"}, {"mode": mode}))
+            assert events[-1] == Completed({"text": "x", "mode": mode})
+        await host.close()
+
+    asyncio.run(scenario())
+    assert lifecycle == ["setup:a", "unload:a", "setup:b", "unload:b", "setup:a", "unload:a"]
+
+
+def test_events_in_order_with_metadata_log(counting):
+    app_cls, _ = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        first = await events_of(host, Call(None, {"text": "hi", "times": 2}))
+        second = await events_of(host, Call(None, {"text": "hi"}))
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert first == [SettingUp(), Running(), Log("echoing hi"), Completed({"text": "hihi", "mode": "a"})]
+    assert SettingUp() not in second  # same (default) config: already warm
+
+
+def test_sync_function_prints_are_captured(counting):
+    app_cls, _ = counting
+
+    async def scenario():
+        return await events_of(AppHost(app_cls), Call("shout", {"text": "hey"}))
+
+    events = asyncio.run(scenario())
+    assert Log("shouting hey") in events
+    assert events[-1] == Completed({"text": "HEY", "mode": "a"})
+
+
+def test_async_generator_snapshots(counting):
+    app_cls, _ = counting
+
+    async def scenario():
+        return await events_of(AppHost(app_cls), Call("count", {"text": "n", "times": 3}))
+
+    events = asyncio.run(scenario())
+    snapshots = [event.output["text"] for event in events if isinstance(event, Output)]
+    assert snapshots == ["n0", "n1", "n2"]
+    assert events[-1] == Completed({"text": "n2", "mode": "a"})
+
+
+def test_function_errors_carry_message_and_app_frames(counting):
+    app_cls, _ = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        boom = await events_of(host, Call("boom", {"text": "bad"}))
+        empty = await events_of(host, Call("nothing", {"text": "x"}))
+        wrong = await events_of(host, Call("wrong_type", {"text": "x"}))
+        after = await events_of(host, Call("run", {"text": "ok"}))
+        return boom[-1], empty[-1], wrong[-1], after[-1]
+
+    boom, empty, wrong, after = asyncio.run(scenario())
+    assert isinstance(boom, Failed) and boom.error == "RuntimeError: boom: bad"
+    assert "counting.py" in boom.traceback and "inferencesh_ray" not in boom.traceback
+    assert empty.error == "nothing yielded no output"
+    assert "wrong_type returned dict, expected EchoOutput" in wrong.error
+    assert isinstance(after, Completed)
+
+
+def test_failing_setup_fails_the_call_and_the_next_config_still_works(counting):
+    app_cls, lifecycle = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        failed = await events_of(host, Call("run", {"text": "x"}, {"fail": True}))
+        ok = await events_of(host, Call("run", {"text": "x"}, {"mode": "b"}))
+        return failed[-1], ok[-1]
+
+    failed, ok = asyncio.run(scenario())
+    assert failed == Failed(failed.error, failed.traceback)
+    assert failed.error == "setup failed: ValueError: setup was told to fail"
+    assert ok == Completed({"text": "x", "mode": "b"})
+    assert lifecycle == ["setup:a", "setup:b"]  # the failed setup is not unloaded
+
+
+def test_invalid_input_and_setup_name_each_field(counting):
+    app_cls, lifecycle = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        bad_input = await events_of(host, Call("run", {"times": "many"}))
+        bad_setup = await events_of(host, Call("run", {"text": "x"}, {"mode": "z"}))
+        unknown = await events_of(host, Call("nope", {}))
+        return bad_input[-1], bad_setup[-1], unknown[-1]
+
+    bad_input, bad_setup, unknown = asyncio.run(scenario())
+    assert "text: Field required" in bad_input.error and "times: Input should be a valid integer" in bad_input.error
+    assert bad_setup.error.startswith("invalid setup: mode:")
+    assert unknown.error.startswith("unknown function 'nope'; this app's functions are: run, shout, count")
+    assert lifecycle == []  # nothing invalid ever reaches setup
+
+
+def test_cancel_cancels_the_function_and_the_host_serves_on(counting):
+    app_cls, lifecycle = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        seen = []
+
+        async def consume():
+            async for event in host.run(Call("slow", {"text": "x"})):
+                seen.append(event)
+
+        task = asyncio.create_task(consume())
+        while "slow:start" not in lifecycle:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        after = await events_of(host, Call("run", {"text": "y"}))
+        return seen, after[-1]
+
+    seen, after = asyncio.run(scenario())
+    assert "slow:cancelled" in lifecycle
+    assert Running() in seen
+    assert after == Completed({"text": "y", "mode": "a"})
+
+
+def test_config_switch_waits_for_running_calls(counting):
+    app_cls, lifecycle = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        await events_of(host, Call("run", {"text": "warm"}, {"mode": "a"}))
+        gate = asyncio.Event()
+        original = app_cls.shout
+
+        def blocking_shout(self, data):
+            asyncio.run_coroutine_threadsafe(gate.wait(), loop).result()
+            lifecycle.append("shout:done")
+            return original(self, data)
+
+        loop = asyncio.get_running_loop()
+        app_cls.shout = blocking_shout
+        try:
+            slow = asyncio.create_task(events_of(host, Call("shout", {"text": "x"}, {"mode": "a"})))
+            await asyncio.sleep(0.05)
+            switch = asyncio.create_task(events_of(host, Call("run", {"text": "x"}, {"mode": "b"})))
+            await asyncio.sleep(0.05)
+            assert lifecycle == ["setup:a"]  # the switch waits for the running call
+            gate.set()
+            await slow
+            await switch
+        finally:
+            app_cls.shout = original
+
+    asyncio.run(scenario())
+    assert lifecycle == ["setup:a", "shout:done", "unload:a", "setup:b"]
+
+
+def test_official_app_gets_context_metadata_log_and_files(apps, tmp_path):
+    image = tmp_path / "pic.png"
+    image.write_bytes(b"\x89PNG fake")
+    loaded = load_app(str(apps / "official_app.py"))
+
+    async def scenario():
+        host = AppHost(loaded.app_cls)
+        run = await events_of(host, Call("run", {"name": "ann", "image": str(image)}, {"greeting": "yo"}))
+        save = await events_of(host, Call("save", {"name": "saved text"}, {"greeting": "yo"}))
+        return host, run, save
+
+    host, run, save = asyncio.run(scenario())
+    assert run[-1] == Completed({"output_meta": None, "message": "yo ann", "image_size": 9, "saved": None})
+    assert Log("official app running") in run
+    assert any(isinstance(e, Log) and "a warning from logging" in e.text for e in run)
+    assert host._app.seen_context
+    saved = save[-1].output["saved"]
+    assert Uploading() in save  # a local output file is published
+    assert open(saved["path"]).read() == "saved text" and saved["filename"].endswith(".txt")
+
+
+def test_files_in_lists_dicts_and_data_uris(apps, tmp_path):
+    one = tmp_path / "one.txt"
+    one.write_text("1")
+    data_uri = "data:text/plain;base64," + base64.b64encode(b"two!").decode()
+    loaded = load_app(str(apps / "schema_app.py"))
+    call = Call(
+        "run",
+        {"zeta": "z", "image": str(one), "images": [{"path": str(one)}, data_uri], "named_images": {"k": str(one)}},
+    )
+
+    async def scenario():
+        return await events_of(AppHost(loaded.app_cls), call)
+
+    events = asyncio.run(scenario())
+    assert isinstance(events[-1], Completed), events[-1]
+    files = events[-1].output["files"]
+    assert [f["size"] for f in files] == [1, 1, 4, 1]
+    assert files[2]["content_type"] == "text/plain"
+
+
+def test_missing_and_malformed_files_are_input_errors(apps):
+    loaded = load_app(str(apps / "schema_app.py"))
+
+    async def scenario():
+        host = AppHost(loaded.app_cls)
+        missing = await events_of(host, Call("run", {"zeta": "z", "image": "/no/such/file.png"}))
+        bad = await events_of(host, Call("run", {"zeta": "z", "image": "data:nonsense", "count": "x"}))
+        return missing[-1], bad[-1]
+
+    missing, bad = asyncio.run(scenario())
+    assert missing.error == "invalid input: image: no such file: /no/such/file.png"
+    assert "image: malformed data: URI" in bad.error and "count: Input should be a valid integer" in bad.error
+
+
+def test_v1_app_runs(apps):
+    loaded = load_app(str(apps / "pydantic_v1_app.py"))
+
+    async def scenario():
+        host = AppHost(loaded.app_cls)
+        ok = await events_of(host, Call(None, {"name": "bo", "tags": ["a", "b"]}))
+        bad = await events_of(host, Call(None, {"tags": "nope"}))
+        return ok[-1], bad[-1]
+
+    ok, bad = asyncio.run(scenario())
+    assert ok == Completed({"greeting": "hello bo", "count": 2})
+    assert "name: field required" in bad.error
+
+
+def test_host_close_runs_unload(counting):
+    app_cls, lifecycle = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        await events_of(host, Call("run", {"text": "x"}))
+        await host.close()
+        await host.close()  # idempotent
+
+    asyncio.run(scenario())
+    assert lifecycle == ["setup:a", "unload:a"]
