@@ -109,3 +109,16 @@ class LocalFiles:
                     async for chunk in response.aiter_bytes():
                         out.write(chunk)
         return str(path)
+
+
+class ServerFiles(LocalFiles):
+    """A server's files: never its own disk. Inputs are `data:` URIs; outputs stay where the app wrote them."""
+
+    async def fetch(self, value: "str | dict[str, Any]", workdir: Path) -> dict[str, Any]:
+        given = as_file_dict(value)
+        uri = given.get("uri") or ""
+        if urlparse(uri).scheme == "data" and not given.get("path"):
+            return await super().fetch({"uri": uri, **given}, workdir)
+        raise FileFetchError(
+            "this server reads file inputs only from data: URIs; local paths and other URIs are refused"
+        )

@@ -107,9 +107,9 @@ class AppHost:
             return SetupConfig(None, "default")
         config = config or {}
         if spec.model is None:
-            return SetupConfig(config, _key(config))
+            return SetupConfig(config, config_key(config))
         value = validate_model(spec.model, config, "setup")
-        return SetupConfig(value, _key(dump_model(value)))
+        return SetupConfig(value, config_key(dump_model(value)))
 
     def validate_input(self, function: AppFunction, data: Any) -> Any:
         return validate_model(function.input_model, data, "input")
@@ -295,7 +295,8 @@ def _v1_validation_error() -> type:
     return ValidationError
 
 
-def _key(config: Any) -> str:
+def config_key(config: Any) -> str:
+    """A short stable key of a setup config: equal configs, equal keys."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -135,7 +135,7 @@ def test_cancel_cancels_the_function_and_the_host_serves_on(counting):
                 seen.append(event)
 
         task = asyncio.create_task(consume())
-        while "slow:start" not in lifecycle:
+        while "slow:start:x" not in lifecycle:
             await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -144,7 +144,7 @@ def test_cancel_cancels_the_function_and_the_host_serves_on(counting):
         return seen, after[-1]
 
     seen, after = asyncio.run(scenario())
-    assert "slow:cancelled" in lifecycle
+    assert "slow:cancelled:x" in lifecycle
     assert Running() in seen
     assert after == Completed({"text": "y", "mode": "a"})
 
@@ -261,3 +261,25 @@ def test_host_close_runs_unload(counting):
 
     asyncio.run(scenario())
     assert lifecycle == ["setup:a", "unload:a"]
+
+
+def test_server_files_never_read_the_servers_disk(apps, tmp_path):
+    from inferencesh_ray.file_access import ServerFiles
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("do not read")
+    loaded = load_app(str(apps / "schema_app.py"))
+    data_uri = "data:text/plain;base64," + base64.b64encode(b"fine").decode()
+
+    async def scenario():
+        host = AppHost(loaded.app_cls, files=ServerFiles())
+        results = []
+        for value in [str(secret), f"file://{secret}", {"path": str(secret)}, {"uri": data_uri, "path": str(secret)}]:
+            results.append((await events_of(host, Call("run", {"zeta": "z", "image": value})))[-1])
+        results.append((await events_of(host, Call("run", {"zeta": "z", "image": data_uri})))[-1])
+        return results
+
+    *refused, allowed = asyncio.run(scenario())
+    for event in refused:
+        assert isinstance(event, Failed) and "local paths and other URIs are refused" in event.error
+    assert isinstance(allowed, Completed) and allowed.output["files"][0]["size"] == 4

@@ -1,5 +1,7 @@
 """A test app that records every lifecycle call, to check setup/unload order and counts."""
 
+import asyncio
+import os
 from typing import AsyncGenerator, Literal
 
 from pydantic import BaseModel, Field
@@ -7,6 +9,15 @@ from pydantic import BaseModel, Field
 from inferencesh_ray import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, Metadata
 
 EVENTS: list[str] = []
+
+
+def record(event: str) -> None:
+    """Note a lifecycle event; on Ray, replicas append to the file $INFSH_TEST_EVENTS names."""
+    EVENTS.append(event)
+    path = os.environ.get("INFSH_TEST_EVENTS")
+    if path:
+        with open(path, "a") as handle:
+            handle.write(f"{os.getpid()} {event}\n")
 
 
 class AppSetup(BaseAppSetup):
@@ -26,13 +37,13 @@ class EchoOutput(BaseAppOutput):
 
 class App(BaseApp):
     async def setup(self, config: AppSetup) -> None:
-        EVENTS.append(f"setup:{config.mode}")
+        record(f"setup:{config.mode}")
         if config.fail:
             raise ValueError("setup was told to fail")
         self.mode = config.mode
 
     async def unload(self) -> None:
-        EVENTS.append(f"unload:{self.mode}")
+        record(f"unload:{self.mode}")
 
     async def run(self, input_data: EchoInput, metadata: Metadata) -> EchoOutput:
         metadata.log(f"echoing {input_data.text}")
@@ -54,15 +65,20 @@ class App(BaseApp):
             yield
 
     async def slow(self, input_data: EchoInput) -> EchoOutput:
-        import asyncio
-
-        EVENTS.append("slow:start")
+        record(f"slow:start:{input_data.text}")
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
-            EVENTS.append("slow:cancelled")
+            record(f"slow:cancelled:{input_data.text}")
             raise
         return EchoOutput(text="late", mode=self.mode)
+
+    async def progress(self, input_data: EchoInput, metadata: Metadata) -> AsyncGenerator[EchoOutput, None]:
+        """Log and yield a snapshot every 0.3 s, so clients can watch them arrive."""
+        for index in range(input_data.times):
+            metadata.log(f"step {index}")
+            yield EchoOutput(text=f"{input_data.text}{index}", mode=self.mode)
+            await asyncio.sleep(0.3)
 
     async def wrong_type(self, input_data: EchoInput) -> EchoOutput:
         return {"text": "not a model"}  # type: ignore[return-value]

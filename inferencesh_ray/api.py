@@ -1,0 +1,180 @@
+"""The HTTP API: routing, auth, validation, the `{"data": ...}` envelope and NDJSON streams.
+
+It stays thin: it translates HTTP to the catalog (which app, is the input valid), the
+dispatcher (start or cancel a task) and the task store (read or watch a task), and
+speaks the wire protocol of the official `inferencesh` SDK 0.36. It needs no Ray, so
+it is tested with an in-process store and app host as well as on Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from .auth import Auth
+from .catalog import AppCatalog
+from .dispatch import Dispatcher
+from .host import Call
+from .problems import ApiProblem, not_found
+from .status import TaskStatus
+from .store import stream_view
+
+_log = logging.getLogger(__name__)
+RESEND_IDLE_S = 15.0
+
+
+class RunRequest(BaseModel):
+    """`POST /apps/run`, as the official SDK sends it. Unknown keys are ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    app: Optional[str] = Field(None, description="[namespace/]name[@version][:function]")
+    app_id: Optional[str] = Field(None, description="The app's name, when `app` is not given")
+    function: Optional[str] = Field(None, description="The function to run; wins over `app`'s :function suffix")
+    input: Optional[dict[str, Any]] = Field(None, description="The function's input")
+    setup: Optional[dict[str, Any]] = Field(None, description="Setup config; replicas warm with it serve the task")
+    session: Optional[str] = Field(None, description='"new", or a session id')
+    session_timeout: Optional[int] = Field(None, description="Idle timeout of a new session, 1-3600 s")
+
+
+def envelope(data: Any) -> JSONResponse:
+    return JSONResponse({"success": True, "data": data, "messages": []})
+
+
+def create_api(catalog: AppCatalog, dispatcher: Dispatcher, auth: Auth, resend_idle_s: float = RESEND_IDLE_S) -> FastAPI:
+    api = FastAPI(
+        title="inferencesh_ray",
+        description="Tasks, apps and streams, wire-compatible with the official inferencesh SDK.",
+        version="0.1.0",
+    )
+    store = dispatcher.store
+    _install_error_handlers(api)
+
+    def owner(request: Request) -> str:
+        return auth.owner(request.headers.get("authorization"), request.client.host if request.client else None)
+
+    async def run(body: RunRequest, caller: str, ref: Optional[str]) -> JSONResponse:
+        app, function = catalog.resolve(ref, body.function)
+        if body.session is not None or body.session_timeout is not None:
+            raise ApiProblem(400, "invalid_request", "sessions are not available on this server yet")
+        data, setup, setup_key = catalog.validate(app, function, body.input or {}, body.setup)
+        fields = {
+            "app_id": app.name,
+            "app_version_id": app.version,
+            "function": function,
+            "input": data,
+            "setup": setup,
+        }
+        metadata = {"app_id": app.name, "app_version_id": app.version}
+        task = await dispatcher.submit(caller, app.name, Call(function, data, setup, metadata), setup_key, fields)
+        return envelope(task)
+
+    @api.post("/apps/run", summary="Run a function of an app; answers at once with the created task")
+    async def run_app(body: RunRequest, caller: str = Depends(owner)) -> JSONResponse:
+        return await run(body, caller, body.app or body.app_id)
+
+    @api.post("/v1/apps/{app_id}/run", summary="Run a function of the app named in the path")
+    async def run_app_by_path(app_id: str, body: RunRequest, caller: str = Depends(owner)) -> JSONResponse:
+        return await run(body, caller, app_id)
+
+    async def task_or_404(task_id: str, caller: str) -> dict:
+        task = await store.get(task_id, caller)
+        if task is None:
+            raise not_found(f"no task {task_id!r}")
+        return task
+
+    @api.get("/tasks/{task_id}", summary="The task: status, output, error, logs")
+    async def get_task(task_id: str, caller: str = Depends(owner)) -> JSONResponse:
+        return envelope(await task_or_404(task_id, caller))
+
+    @api.post("/tasks/{task_id}/cancel", summary="Cancel a task; a no-op (2xx) for a finished task")
+    async def cancel_task(task_id: str, caller: str = Depends(owner)) -> JSONResponse:
+        task = await dispatcher.cancel(task_id, caller)
+        if task is None:
+            raise not_found(f"no task {task_id!r}")
+        return envelope(task)
+
+    @api.get(
+        "/tasks/{task_id}/stream",
+        summary="NDJSON: the task now, then on every change, until it ends",
+        response_class=StreamingResponse,
+    )
+    async def stream_task(task_id: str, caller: str = Depends(owner)) -> StreamingResponse:
+        await task_or_404(task_id, caller)
+        return StreamingResponse(
+            _task_lines(store, task_id, caller, resend_idle_s),
+            media_type="application/x-ndjson",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @api.get("/apps", summary="The apps served, with their versions and functions")
+    async def list_apps(caller: str = Depends(owner)) -> JSONResponse:
+        return envelope(catalog.listing())
+
+    @api.get("/apps/{app}/schema", summary="functions_schema.json of an app")
+    async def app_schema(app: str, caller: str = Depends(owner)) -> JSONResponse:
+        return envelope(catalog.app(app).schema)
+
+    @api.get("/health", summary="Liveness")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    return api
+
+
+async def _task_lines(store: Any, task_id: str, owner: str, resend_idle_s: float) -> AsyncIterator[bytes]:
+    """A snapshot first, the full task on every change (re-sent when idle), ending after the terminal one."""
+    seen = -1
+    while True:
+        result = await store.watch(task_id, owner, seen, resend_idle_s)
+        if result is None:
+            return
+        seen, task = result
+        yield (json.dumps(stream_view(task), ensure_ascii=True) + "\n").encode()
+        if TaskStatus(task["status"]).is_terminal:
+            return
+
+
+def _install_error_handlers(api: FastAPI) -> None:
+    @api.exception_handler(ApiProblem)
+    async def problem(request: Request, exc: ApiProblem) -> Response:
+        return exc.response()
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        if any(error.get("type") == "json_invalid" for error in errors):
+            return ApiProblem(400, "invalid_request", "the request body is not valid JSON").response()
+        fields = [{"loc": ".".join(str(p) for p in e["loc"][1:]) or "body", "message": e["msg"]} for e in errors]
+        detail = "invalid request: " + "; ".join(f"{f['loc']}: {f['message']}" for f in fields)
+        return ApiProblem(422, "validation_error", detail, errors=fields).response()
+
+    @api.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "invalid_request"}.get(exc.status_code, "invalid_request")
+        return ApiProblem(exc.status_code, code, str(exc.detail)).response(headers=getattr(exc, "headers", None))
+
+    @api.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> Response:
+        _log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return ApiProblem(500, "internal_error", "the server failed on this request; it has been logged").response()
+
+
+class CollapseSlashes:
+    """`base_url="http://host:8000/"` makes the SDK request `//apps/run`: route it anyway."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and "//" in scope.get("path", ""):
+            scope = dict(scope, path=re.sub("/{2,}", "/", scope["path"]))
+        await self.app(scope, receive, send)

@@ -1,0 +1,146 @@
+"""The apps a server serves, resolved from app references and validated by JSON schema.
+
+The ingress never imports app code: it knows each app by the `functions_schema.json`
+the builder computed, resolves `[namespace/]name[@version][:function]`, and checks a
+task's input and setup against the schemas before anything runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from jsonschema import Draft202012Validator
+
+from .discovery import DEFAULT_FUNCTION
+from .host import config_key
+from .problems import ApiProblem, not_found
+
+LATEST = "latest"
+_MESSAGE_LIMIT = 240
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    name: str
+    schema: dict[str, Any]
+    version: str = LATEST
+
+    @property
+    def functions(self) -> dict[str, dict[str, Any]]:
+        return self.schema["functions"]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "default_function": self.schema.get("default_function"),
+            "functions": list(self.functions),
+        }
+
+
+@dataclass(frozen=True)
+class Ref:
+    name: str
+    version: Optional[str]
+    function: Optional[str]
+
+
+def parse_ref(ref: str) -> Ref:
+    """`[namespace/]name[@version][:function]`; `@latest` means unversioned."""
+    rest, _, function = ref.partition(":")
+    rest, _, version = rest.partition("@")
+    name = rest.rsplit("/", 1)[-1].strip()
+    return Ref(name=name, version=version.strip() or None, function=function.strip() or None)
+
+
+class AppCatalog:
+    def __init__(self, apps: list[AppInfo]) -> None:
+        self._apps = {app.name: app for app in apps}
+        self._validators: dict[tuple[str, str], Draft202012Validator] = {}
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [app.describe() for app in self._apps.values()]
+
+    def app(self, name: str) -> AppInfo:
+        if name not in self._apps:
+            raise not_found(f"unknown app {name!r}; this server serves: {', '.join(self._apps) or 'none'}",
+                            apps=list(self._apps))
+        return self._apps[name]
+
+    def resolve(self, ref: Optional[str], function: Optional[str]) -> tuple[AppInfo, str]:
+        """The app and function a run request names; the `function` field wins over `:function`."""
+        if not ref:
+            raise ApiProblem(400, "invalid_request", "name the app to run: `app` (name[@version][:function]) or `app_id`")
+        parsed = parse_ref(ref)
+        app = self.app(parsed.name)
+        if parsed.version not in (None, LATEST, app.version):
+            raise not_found(f"app {app.name!r} has no version {parsed.version!r}; versions: {app.version}",
+                            versions=[app.version])
+        chosen = function or parsed.function or DEFAULT_FUNCTION
+        if chosen not in app.functions:
+            hint = "" if function or parsed.function else " (no function was named, and it has no `run`)"
+            raise not_found(f"app {app.name!r} has no function {chosen!r}{hint}; functions: {', '.join(app.functions)}",
+                            functions=list(app.functions))
+        return app, chosen
+
+    def validate(self, app: AppInfo, function: str, data: Any, setup: Any) -> tuple[Any, dict[str, Any], str]:
+        """(input, setup with defaults filled, setup key); ApiProblem(422) naming every bad field."""
+        errors = self._errors(app, f"input:{function}", app.functions[function]["input_schema"], data, "input")
+        setup_schema = app.schema.get("setup_schema")
+        if setup is None:
+            setup = {}
+        if setup_schema is not None:
+            errors += self._errors(app, "setup", setup_schema, setup, "setup")
+        elif not isinstance(setup, dict):
+            errors.append({"loc": "setup", "message": "setup must be an object"})
+        if errors:
+            fields = "; ".join(f"{e['loc']}: {e['message']}" for e in errors)
+            raise ApiProblem(422, "validation_error", f"invalid request: {fields}", errors=errors)
+        if setup_schema is not None:
+            setup = {**_defaults(setup_schema), **setup}
+        return data, setup, config_key(setup)
+
+    def _errors(self, app: AppInfo, key: str, schema: dict, value: Any, root: str) -> list[dict[str, str]]:
+        validator = self._validators.get((app.name, key))
+        if validator is None:
+            validator = Draft202012Validator(_accept_file_objects(schema))
+            self._validators[(app.name, key)] = validator
+        found = []
+        for error in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path))):
+            path = [root, *map(str, error.absolute_path)]
+            message = error.message
+            missing = re.match(r"'(.+)' is a required property", message) if error.validator == "required" else None
+            if missing:
+                path.append(missing.group(1))
+                message = "field required"
+            if len(message) > _MESSAGE_LIMIT:
+                message = message[: _MESSAGE_LIMIT - 3] + "..."
+            found.append({"loc": ".".join(path), "message": message})
+        return found
+
+
+def _accept_file_objects(schema: dict) -> dict:
+    """File fields are strings in the schema, but inputs may also give `{uri, ...}` objects."""
+    schema = copy.deepcopy(schema)
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("format") == "file":
+                node.pop("type", None)
+                node.pop("format", None)
+                node["anyOf"] = [{"type": "string", "minLength": 1}, {"type": "object"}]
+            for child in node.values():
+                visit(child)
+        elif isinstance(node, list):
+            for child in node:
+                visit(child)
+
+    visit(schema)
+    return schema
+
+
+def _defaults(schema: dict) -> dict[str, Any]:
+    return {name: prop["default"] for name, prop in schema.get("properties", {}).items() if "default" in prop}

@@ -1,0 +1,105 @@
+"""Start tasks on app replicas and carry their events to the task store.
+
+A `Dispatcher` lives in each ingress replica. It creates the task in the store, calls
+the app's backend (a Serve deployment handle, streaming the app host's events) in a
+background asyncio task that no HTTP request owns, and applies each event to the
+store. Cancels reach it directly, or through the store when another ingress replica
+took the cancel; its heartbeat renews the lease that keeps its tasks from being reaped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any, AsyncIterator, Callable, Optional
+
+from .events import Cancelled, Failed, TaskEvent
+from .host import Call
+from .tracebacks import describe
+
+_log = logging.getLogger(__name__)
+
+# Runs one call of an app: (call, setup key) -> the app host's events.
+Backend = Callable[[Call, str], AsyncIterator[TaskEvent]]
+
+
+def serve_backend(handle: Any) -> Backend:
+    """A backend over a Serve deployment handle, routed by setup key (model multiplexing)."""
+
+    async def run(call: Call, setup_key: str) -> AsyncIterator[TaskEvent]:
+        stream = handle.options(stream=True, multiplexed_model_id=setup_key).run.remote(call)
+        try:
+            async for event in stream:
+                yield event
+        finally:
+            stream.cancel()  # a no-op once finished; stops the replica's work when we stop early
+
+    return run
+
+
+class Dispatcher:
+    def __init__(self, store: Any, backends: dict[str, Backend], heartbeat_s: float = 1.0) -> None:
+        self.id = f"dispatcher-{uuid.uuid4().hex[:12]}"
+        self.store = store
+        self._backends = backends
+        self._running: dict[str, asyncio.Task] = {}
+        self._heartbeat_s = heartbeat_s
+        self._heartbeat: Optional[asyncio.Task] = None
+        self._closing = False
+
+    async def submit(self, owner: str, app: str, call: Call, setup_key: str, fields: dict[str, Any]) -> dict:
+        """Create the task (QUEUED) and start it; returns the task as created."""
+        self._ensure_heartbeat()
+        task = await self.store.create(owner, fields, self.id)
+        call = Call(call.function, call.input, call.setup, {**call.metadata, "task_id": task["id"]})
+        self._running[task["id"]] = asyncio.create_task(self._drive(task["id"], self._backends[app], call, setup_key))
+        return task
+
+    async def cancel(self, task_id: str, owner: str) -> Optional[dict]:
+        task = await self.store.cancel(task_id, owner)
+        if task is not None:
+            self._cancel_local(task_id)
+        return task
+
+    async def _drive(self, task_id: str, backend: Backend, call: Call, setup_key: str) -> None:
+        try:
+            async for event in backend(call, setup_key):
+                await self.store.apply(task_id, [event])
+        except asyncio.CancelledError:
+            if self._closing:
+                await self.store.apply(task_id, [Failed("the server shut down before this task finished; submit it again")])
+            else:
+                await self.store.apply(task_id, [Cancelled()])
+        except Exception as exc:
+            _log.warning("task %s: its replica failed: %s", task_id, describe(exc))
+            await self.store.apply(task_id, [Failed(f"the replica running this task failed: {describe(exc)}")])
+        finally:
+            self._running.pop(task_id, None)
+
+    def _cancel_local(self, task_id: str) -> None:
+        running = self._running.get(task_id)
+        if running is not None:
+            running.cancel()
+
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                for task_id in await self.store.heartbeat(self.id):
+                    self._cancel_local(task_id)
+            except Exception as exc:  # the store restarting: keep beating, it comes back
+                _log.warning("task store heartbeat failed: %s", describe(exc))
+            await asyncio.sleep(self._heartbeat_s)
+
+    async def close(self) -> None:
+        """Stop dispatching: running tasks end FAILED (the server is going away), recorded before we return."""
+        self._closing = True
+        tasks = [task for task in [self._heartbeat, *self._running.values()] if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+

@@ -1,0 +1,241 @@
+"""The task store: the one place where a task changes status.
+
+A `TaskStore` keeps every task in an embedded SQLite database (so completed tasks
+survive restarts of the ingress, of the store and of `serve run`) and the live ones in
+memory, applies the app host's events to them with the status moving only forward,
+and wakes whoever waits on a task. On Ray it runs as one named actor that every
+ingress replica shares (see `store_actor`); tests use it in-process.
+
+Dispatchers (ingress replicas) renew a lease with `heartbeat`; a task whose
+dispatcher stops renewing is ended FAILED, so nothing stays running forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .events import Cancelled, Completed, Failed, Log, Output, TaskEvent
+from .status import TaskStatus
+
+LEASE_S = 20.0
+STREAM_LOG_LINES = 50
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    dispatcher TEXT,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_open ON tasks (status) WHERE status < 10;
+CREATE INDEX IF NOT EXISTS tasks_updated ON tasks (updated);
+"""
+
+
+def now_iso(ts: Optional[float] = None) -> str:
+    moment = datetime.fromtimestamp(ts if ts is not None else time.time(), tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class _Live:
+    """A task held in memory while someone may still change or wait on it."""
+
+    task: dict[str, Any]
+    owner: str
+    dispatcher: Optional[str]
+    version: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class TaskStore:
+    def __init__(self, database: str, *, retention_s: float = 7 * 24 * 3600, lease_s: float = LEASE_S) -> None:
+        if database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._live: dict[str, _Live] = {}
+        self._leases: dict[str, float] = {}
+        self._cancels: dict[str, set[str]] = {}
+        self._retention_s = retention_s
+        self._lease_s = lease_s
+        self._started = time.monotonic()
+        self._reaper: Optional[asyncio.Task] = None
+        # Tasks still open from before a restart stay live: their dispatcher may still be
+        # running them and will renew its lease; if not, the reaper ends them.
+        for owner, dispatcher, body in self._db.execute("SELECT owner, dispatcher, body FROM tasks WHERE status < 10"):
+            task = json.loads(body)
+            self._live[task["id"]] = _Live(task, owner, dispatcher)
+
+    # -- creating and reading -------------------------------------------------
+
+    async def create(self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None) -> dict[str, Any]:
+        """Record a new task, QUEUED, and return it."""
+        stamp = time.time()
+        task = {
+            "id": uuid.uuid4().hex,
+            "created_at": now_iso(stamp),
+            "updated_at": now_iso(stamp),
+            "status": int(TaskStatus.QUEUED),
+            "output": None,
+            "error": None,
+            "logs": [],
+            "session_id": None,
+            **fields,
+            "events": [_status_event(TaskStatus.RECEIVED, stamp), _status_event(TaskStatus.QUEUED, stamp)],
+        }
+        self._live[task["id"]] = _Live(task, owner, dispatcher)
+        self._save(task, owner, dispatcher)
+        return task
+
+    async def get(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
+        """The task, or None when it does not exist or belongs to another key."""
+        live = self._live.get(task_id)
+        if live is not None:
+            return live.task if live.owner == owner else None
+        row = self._db.execute("SELECT body FROM tasks WHERE id = ? AND owner = ?", (task_id, owner)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    async def watch(self, task_id: str, owner: str, seen: int, timeout: float) -> Optional[tuple[int, dict]]:
+        """(version, task) once the task's version passes `seen`, or the current one after `timeout`."""
+        live = self._live.get(task_id)
+        if live is None or live.owner != owner:
+            task = await self.get(task_id, owner)
+            return None if task is None else (seen + 1, task)
+        if live.version <= seen and not TaskStatus(live.task["status"]).is_terminal:
+            try:
+                await asyncio.wait_for(live.changed.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return live.version, live.task
+
+    # -- changing ---------------------------------------------------------------
+
+    async def apply(self, task_id: str, events: Iterable[TaskEvent]) -> Optional[dict[str, Any]]:
+        """Apply the host's events in order; a terminal task never changes again."""
+        live = self._live.get(task_id)
+        if live is None:
+            return None
+        changed = False
+        for event in events:
+            changed |= self._apply_one(live.task, event)
+        if changed:
+            self._touch(live)
+        return live.task
+
+    def _apply_one(self, task: dict[str, Any], event: TaskEvent) -> bool:
+        current = TaskStatus(task["status"])
+        if current.is_terminal:
+            return False
+        if isinstance(event, Log):
+            task["logs"].append(_log_entry(task["id"], len(task["logs"]), event.text))
+            return True
+        if isinstance(event, Output):
+            task["output"] = event.output
+            return True
+        if current == TaskStatus.CANCELLING and isinstance(event, (Completed, Failed)):
+            event = Cancelled()  # a cancel asked for wins over a result that raced it
+        if isinstance(event, Completed):
+            task["output"] = event.output
+        elif isinstance(event, Failed):
+            task["error"] = event.error
+        elif isinstance(event, Cancelled):
+            task["error"] = task["error"] or event.reason
+        if event.status is None or event.status <= current:
+            return False
+        task["status"] = int(event.status)
+        task["events"].append(_status_event(event.status))
+        return True
+
+    async def cancel(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
+        """Ask to cancel: a queued task ends CANCELLED at once, a running one goes CANCELLING."""
+        live = self._live.get(task_id)
+        if live is None or live.owner != owner:
+            return await self.get(task_id, owner)
+        status = TaskStatus(live.task["status"])
+        if status.is_terminal or status == TaskStatus.CANCELLING:
+            return live.task
+        live.task["status"] = int(TaskStatus.CANCELLING)
+        live.task["events"].append(_status_event(TaskStatus.CANCELLING))
+        if live.dispatcher is not None:
+            self._cancels.setdefault(live.dispatcher, set()).add(task_id)
+        self._touch(live)
+        return live.task
+
+    async def heartbeat(self, dispatcher: str) -> list[str]:
+        """Renew a dispatcher's lease; returns the ids of its tasks to cancel."""
+        if self._reaper is None:
+            self._reaper = asyncio.ensure_future(self._reap_forever())
+        self._leases[dispatcher] = time.monotonic()
+        return sorted(self._cancels.pop(dispatcher, ()))
+
+    async def reap(self) -> int:
+        """End FAILED the open tasks whose dispatcher's lease ran out; prune old tasks."""
+        now = time.monotonic()
+        if now - self._started < self._lease_s:
+            return 0  # dispatchers alive before a store restart get one lease to check in
+        reaped = 0
+        for live in list(self._live.values()):
+            lease = self._leases.get(live.dispatcher or "")
+            if lease is None or now - lease > self._lease_s:
+                reason = "the server dispatching this task stopped before it finished; submit it again"
+                if self._apply_one(live.task, Failed(reason)):
+                    self._touch(live)
+                    reaped += 1
+        self._db.execute("DELETE FROM tasks WHERE status >= 10 AND updated < ?", (time.time() - self._retention_s,))
+        return reaped
+
+    async def _reap_forever(self, every_s: float = 5.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            await self.reap()
+
+    # -- internals --------------------------------------------------------------
+
+    def _touch(self, live: _Live) -> None:
+        task = live.task
+        stamp = time.time()
+        task["updated_at"] = now_iso(stamp)
+        live.version += 1
+        self._save(task, live.owner, live.dispatcher)
+        live.changed.set()
+        live.changed = asyncio.Event()
+        if TaskStatus(task["status"]).is_terminal:
+            # Waiters hold their own reference; later reads come from disk.
+            self._live.pop(task["id"], None)
+
+    def _save(self, task: dict[str, Any], owner: str, dispatcher: Optional[str]) -> None:
+        stamp = time.time()
+        self._db.execute(
+            "INSERT INTO tasks (id, owner, status, created, updated, dispatcher, body) VALUES (?,?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET status = excluded.status, updated = excluded.updated, body = excluded.body",
+            (task["id"], owner, task["status"], stamp, stamp, dispatcher, json.dumps(task)),
+        )
+
+
+def _status_event(status: TaskStatus, stamp: Optional[float] = None) -> dict[str, Any]:
+    return {"status": int(status), "event_time": now_iso(stamp)}
+
+
+def _log_entry(task_id: str, index: int, text: str) -> dict[str, Any]:
+    stamp = now_iso()
+    return {"id": f"{task_id}-{index}", "task_id": task_id, "created_at": stamp, "log_type": 4, "content": text}
+
+
+def stream_view(task: dict[str, Any]) -> dict[str, Any]:
+    """The task as sent on a stream: the last log lines only, so a line stays small."""
+    if len(task.get("logs") or ()) <= STREAM_LOG_LINES:
+        return task
+    return {**task, "logs": task["logs"][-STREAM_LOG_LINES:]}

@@ -1,0 +1,206 @@
+"""The HTTP API without Ray: an in-process task store and app host behind the real FastAPI app."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from helpers import host_backend
+
+from inferencesh_ray.api import CollapseSlashes, create_api
+from inferencesh_ray.auth import Auth
+from inferencesh_ray.catalog import AppCatalog, AppInfo
+from inferencesh_ray.dispatch import Dispatcher
+from inferencesh_ray.host import AppHost
+from inferencesh_ray.loader import load_app
+from inferencesh_ray.schema import functions_schema
+from inferencesh_ray.status import TaskStatus
+from inferencesh_ray.store import TaskStore
+
+
+def scenario(apps, tmp_path, body, keys=()):
+    """Run `body(client)` against a fresh server in one event loop."""
+    loaded = load_app(str(apps / "counting.py"))
+    host = AppHost(loaded.app_cls, app_id="counting")
+    catalog = AppCatalog([AppInfo(name="counting", schema=functions_schema(host.discovery))])
+
+    async def main():
+        store = TaskStore(str(tmp_path / "tasks.sqlite3"))
+        dispatcher = Dispatcher(store, {"counting": host_backend(host)})
+        api = CollapseSlashes(create_api(catalog, dispatcher, Auth(list(keys)), resend_idle_s=0.5))
+        transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            try:
+                return await body(client)
+            finally:
+                await dispatcher.close()
+
+    return asyncio.run(main())
+
+
+async def wait_terminal(client, task_id, headers=None):
+    for _ in range(200):
+        task = (await client.get(f"/tasks/{task_id}", headers=headers)).json()["data"]
+        if TaskStatus(task["status"]).is_terminal:
+            return task
+        await asyncio.sleep(0.02)
+    raise AssertionError("task never finished")
+
+
+def test_run_get_and_envelope(apps, tmp_path):
+    async def body(client):
+        created = await client.post("/apps/run", json={"app": "counting", "input": {"text": "hi", "times": 2}})
+        assert created.status_code == 200
+        envelope = created.json()
+        assert envelope["success"] is True and envelope["messages"] == []
+        task = envelope["data"]
+        assert task["status"] == TaskStatus.QUEUED and task["function"] == "run"
+        assert task["setup"] == {"mode": "a", "fail": False}  # defaults filled
+        done = await wait_terminal(client, task["id"])
+        assert done["status"] == TaskStatus.COMPLETED
+        assert done["output"] == {"text": "hihi", "mode": "a"}
+        assert [log["content"] for log in done["logs"]] == ["echoing hi"]
+        statuses = [event["status"] for event in done["events"]]
+        assert statuses == sorted(statuses) and statuses[-1] == TaskStatus.COMPLETED
+
+    scenario(apps, tmp_path, body)
+
+
+def test_function_precedence_and_path_form(apps, tmp_path):
+    async def body(client):
+        by_suffix = (await client.post("/apps/run", json={"app": "counting:shout", "input": {"text": "a"}})).json()
+        field_wins = await client.post("/apps/run", json={"app": "counting:shout", "function": "run", "input": {"text": "a"}})
+        by_path = await client.post("/v1/apps/counting@latest/run", json={"function": "shout", "input": {"text": "b"}})
+        double_slash = await client.post("http://test//apps/run", json={"app": "ns/counting", "input": {"text": "c"}})
+        assert by_suffix["data"]["function"] == "shout"
+        assert field_wins.json()["data"]["function"] == "run"
+        assert by_path.json()["data"]["function"] == "shout"
+        assert double_slash.status_code == 200
+        assert (await wait_terminal(client, by_path.json()["data"]["id"]))["output"]["text"] == "B"
+
+    scenario(apps, tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    "request_body, status, code, phrases",
+    [
+        ({"app": "nope", "input": {}}, 404, "not_found", ["unknown app 'nope'", "counting"]),
+        ({"app": "counting@2.0", "input": {}}, 404, "not_found", ["no version '2.0'", "latest"]),
+        ({"app": "counting", "function": "zap", "input": {}}, 404, "not_found", ["no function 'zap'", "shout"]),
+        ({"app": "counting", "input": {"times": "x"}}, 422, "validation_error", ["input.text: field required", "input.times"]),
+        ({"app": "counting", "input": {"text": "x"}, "setup": {"mode": "z"}}, 422, "validation_error", ["setup.mode"]),
+        ({"app": "counting", "input": [1, 2]}, 422, "validation_error", ["input"]),
+        ({"input": {}}, 400, "invalid_request", ["name the app"]),
+        ({"app": "counting", "input": {"text": "x"}, "session": "new"}, 400, "invalid_request", ["sessions"]),
+    ],
+)
+def test_bad_requests_get_problem_json_and_create_nothing(apps, tmp_path, request_body, status, code, phrases):
+    async def body(client):
+        response = await client.post("/apps/run", json=request_body)
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["type"] == f"/errors/{code}" and problem["status"] == status
+        for phrase in phrases:
+            assert phrase in problem["detail"]
+
+    scenario(apps, tmp_path, body)
+
+
+def test_malformed_json_is_400(apps, tmp_path):
+    async def body(client):
+        response = await client.post("/apps/run", content=b"{nope", headers={"content-type": "application/json"})
+        assert response.status_code == 400 and response.json()["detail"] == "the request body is not valid JSON"
+        missing = await client.get("/tasks/does-not-exist")
+        assert missing.status_code == 404 and missing.json()["type"] == "/errors/not_found"
+        route = await client.get("/no/such/route")
+        assert route.status_code == 404 and route.headers["content-type"] == "application/problem+json"
+
+    scenario(apps, tmp_path, body)
+
+
+def test_stream_is_ndjson_snapshot_changes_and_terminal(apps, tmp_path):
+    async def body(client):
+        task = (await client.post("/apps/run", json={"app": "counting:progress", "input": {"text": "p", "times": 3}})).json()
+        async with client.stream("GET", f"/tasks/{task['data']['id']}/stream") as response:
+            assert response.headers["content-type"] == "application/x-ndjson"
+            lines = [json.loads(line) async for line in response.aiter_lines() if line]
+        return lines
+
+    lines = scenario(apps, tmp_path, body)
+    statuses = [line["status"] for line in lines]
+    assert statuses == sorted(statuses), statuses
+    assert statuses[-1] == TaskStatus.COMPLETED and lines[-1]["output"] == {"text": "p2", "mode": "a"}
+    outputs = [line["output"]["text"] for line in lines if line["output"]]
+    assert "p0" in outputs or "p1" in outputs  # snapshots stream before the end
+    assert all(isinstance(line["status"], int) for line in lines)
+
+
+def test_cancel_running_and_finished(apps, tmp_path):
+    async def body(client):
+        task = (await client.post("/apps/run", json={"app": "counting:slow", "input": {"text": "c"}})).json()["data"]
+        for _ in range(100):
+            if (await client.get(f"/tasks/{task['id']}")).json()["data"]["status"] == TaskStatus.RUNNING:
+                break
+            await asyncio.sleep(0.02)
+        cancelled = await client.post(f"/tasks/{task['id']}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["data"]["status"] == TaskStatus.CANCELLING
+        done = await wait_terminal(client, task["id"])
+        assert done["status"] == TaskStatus.CANCELLED
+        again = await client.post(f"/tasks/{task['id']}/cancel")
+        assert again.status_code == 200 and again.json()["data"]["status"] == TaskStatus.CANCELLED
+        after = (await client.post("/apps/run", json={"app": "counting", "input": {"text": "next"}})).json()["data"]
+        assert (await wait_terminal(client, after["id"]))["status"] == TaskStatus.COMPLETED
+
+    scenario(apps, tmp_path, body)
+
+
+def test_failures_carry_the_apps_message(apps, tmp_path):
+    async def body(client):
+        boom = (await client.post("/apps/run", json={"app": "counting:boom", "input": {"text": "b"}})).json()["data"]
+        setup = (await client.post("/apps/run", json={"app": "counting", "input": {"text": "x"}, "setup": {"fail": True}})).json()["data"]
+        return await wait_terminal(client, boom["id"]), await wait_terminal(client, setup["id"])
+
+    boom, setup = scenario(apps, tmp_path, body)
+    assert boom["status"] == TaskStatus.FAILED and boom["error"] == "RuntimeError: boom: b"
+    assert setup["status"] == TaskStatus.FAILED and setup["error"] == "setup failed: ValueError: setup was told to fail"
+
+
+def test_keys_and_tenancy(apps, tmp_path):
+    async def body(client):
+        alice, bob = {"Authorization": "Bearer alice-key"}, {"Authorization": "Bearer bob-key"}
+        none = await client.post("/apps/run", json={"app": "counting", "input": {"text": "x"}})
+        assert none.status_code == 401 and none.json()["type"] == "/errors/unauthorized"
+        wrong = await client.get("/apps", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        task = (await client.post("/apps/run", json={"app": "counting", "input": {"text": "x"}}, headers=alice)).json()["data"]
+        assert (await client.get(f"/tasks/{task['id']}", headers=alice)).status_code == 200
+        assert (await client.get(f"/tasks/{task['id']}", headers=bob)).status_code == 404
+        assert (await client.post(f"/tasks/{task['id']}/cancel", headers=bob)).status_code == 404
+        await wait_terminal(client, task["id"], headers=alice)
+
+    scenario(apps, tmp_path, body, keys=["alice-key", "bob-key"])
+
+
+def test_listing_schema_health_docs(apps, tmp_path):
+    async def body(client):
+        listing = (await client.get("/apps")).json()["data"]
+        assert listing == [{"name": "counting", "versions": ["latest"], "default_function": "run",
+                            "functions": ["run", "shout", "count", "boom", "nothing", "slow", "progress", "wrong_type"]}]
+        schema = (await client.get("/apps/counting/schema")).json()["data"]
+        assert schema["functions"]["run"]["input_schema"]["required"] == ["text"]
+        assert (await client.get("/apps/nope/schema")).status_code == 404
+        assert (await client.get("/health")).json() == {"status": "ok"}
+        assert (await client.get("/docs")).status_code == 200
+        assert "/apps/run" in (await client.get("/openapi.json")).json()["paths"]
+
+    scenario(apps, tmp_path, body)
+
+
+def test_remote_client_without_keys_is_refused():
+    auth = Auth([])
+    assert auth.owner(None, "127.0.0.1") == "local"
+    with pytest.raises(Exception, match="only answers requests from its own machine"):
+        auth.owner(None, "10.1.2.3")
