@@ -27,3 +27,13 @@ __all__ = [
     "Metadata",
     "TaskStatus",
 ]
+
+
+def build(args: dict):
+    """Build the Serve application (`import_path: inferencesh_ray:build` in a Serve config).
+
+    Imported lazily, so the app model and the dev loop never import Ray.
+    """
+    from .builder import build as _build
+
+    return _build(args)

@@ -76,6 +76,17 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("-i", "--input", default="{}", help="input as JSON, or @file.json (default {})")
     dev.add_argument("-s", "--setup", help="setup config as JSON, or @file.json")
     dev.set_defaults(handler=_dev)
+
+    serve = commands.add_parser("serve", help="serve an app (or a Serve config) on Ray until Ctrl-C")
+    serve.add_argument("target", metavar="PATH|CONFIG.yaml", help="an app (as for `app`) or a Serve config file")
+    serve.add_argument("--name", help="the app's name for clients (default: its directory's, _ as -)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--replicas", type=int, help="replicas of the app's deployment (default 1)")
+    serve.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    serve.add_argument("--data-dir", help="where the task database lives (default ~/.inferencesh_ray)")
+    serve.add_argument("--api-keys-file", help="file of API keys, one per line (or set INFERENCESH_RAY_API_KEYS)")
+    serve.set_defaults(handler=_serve)
     return parser
 
 
@@ -93,6 +104,23 @@ def read_json_arg(value: Optional[str], flag: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{flag} is not valid JSON ({exc}); pass a JSON object or @file.json") from exc
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve_command import serve_forever
+
+    if args.replicas is not None and args.replicas < 1:
+        raise UsageError("--replicas must be at least 1")
+    return serve_forever(
+        args.target,
+        name=args.name,
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        address=args.address,
+        data_dir=args.data_dir,
+        api_keys_file=args.api_keys_file,
+    )
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -1,0 +1,109 @@
+"""Our task ingress vs a plain Ray Serve FastAPI ingress, on the same no-op function.
+
+    .venv/bin/python benchmarks/ingress_overhead.py [--requests 300] [--concurrency 1 8 32]
+
+Ours: submit + wait exactly as the official client does it (POST /apps/run, GET
+/tasks/{id}, then GET /tasks/{id}/stream until the terminal line), with a durable task
+record in SQLite. Plain: one POST to a FastAPI ingress deployment that awaits a
+deployment handle and returns the result. Same machine, same Ray, same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from fastapi import FastAPI
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import load  # noqa: E402
+
+plain_api = FastAPI()
+
+
+def plain_application():
+    from ray import serve
+
+    @serve.deployment
+    class Noop:
+        async def run(self, value: int) -> dict:
+            return {"value": value}
+
+    @serve.deployment(max_ongoing_requests=1000)
+    @serve.ingress(plain_api)
+    class PlainIngress:
+        def __init__(self, noop) -> None:
+            self.noop = noop
+
+        @plain_api.post("/run")
+        async def run(self, body: dict) -> dict:
+            return await self.noop.run.remote(body.get("value", 0))
+
+    return PlainIngress.bind(Noop.bind())
+
+
+async def ours_call(base: str):
+    async def call(client, index: int) -> None:
+        created = await client.post(f"{base}/apps/run", json={"app": "noop", "input": {"value": index}})
+        task_id = created.json()["data"]["id"]
+        await client.get(f"{base}/tasks/{task_id}")
+        async with client.stream("GET", f"{base}/tasks/{task_id}/stream") as response:
+            async for line in response.aiter_lines():
+                if line and json.loads(line).get("status", 0) >= 10:
+                    break
+    return call
+
+
+async def plain_call(base: str):
+    async def call(client, index: int) -> None:
+        response = await client.post(f"{base}/run", json={"value": index})
+        assert response.json()["value"] == index
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    args = parser.parse_args()
+
+    from ray import serve
+
+    from inferencesh_ray.builder import build
+    from inferencesh_ray.local_ray import start_ray
+
+    start_ray()
+    serve.start(http_options={"host": "127.0.0.1", "port": 8123})
+    data = tempfile.mkdtemp(prefix="infsh-bench-")
+    serve.run(build({"path": str(HERE / "apps" / "noop.py"), "name": "noop", "data_dir": data}),
+              name="ours", route_prefix="/ours")
+    serve.run(plain_application(), name="plain", route_prefix="/plain")
+    base = "http://127.0.0.1:8123"
+
+    rows = []
+    for concurrency in args.concurrency:
+        asyncio.run(load(asyncio.run(plain_call(f"{base}/plain")), concurrency, 20))  # warm up
+        asyncio.run(load(asyncio.run(ours_call(f"{base}/ours")), concurrency, 20))
+        plain = asyncio.run(load(asyncio.run(plain_call(f"{base}/plain")), concurrency, args.requests))
+        ours = asyncio.run(load(asyncio.run(ours_call(f"{base}/ours")), concurrency, args.requests))
+        rows.append((concurrency, plain, ours))
+
+    print("| c | plain req/s | ours req/s | ratio | plain p50/p99 ms | ours p50/p99 ms | added p50/p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for concurrency, plain, ours in rows:
+        print(
+            f"| {concurrency} | {plain.rps:.0f} | {ours.rps:.0f} | {ours.rps / plain.rps:.2f}x "
+            f"| {plain.p50:.1f} / {plain.p99:.1f} | {ours.p50:.1f} / {ours.p99:.1f} "
+            f"| {ours.p50 - plain.p50:+.1f} / {ours.p99 - plain.p99:+.1f} |"
+        )
+    serve.shutdown()
+
+
+if __name__ == "__main__":
+    main()

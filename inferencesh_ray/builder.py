@@ -1,0 +1,99 @@
+"""Build the Serve application: one deployment per app, behind one ingress.
+
+The same builder serves `serve run deployments/<x>.yaml` (as its `import_path`, with
+`args`) and `infsh-ray serve PATH`. It loads each app once here, so a broken app fails
+the deploy with a clear message instead of a replica crash loop, and hands the
+ingress each app's functions schema so the ingress never imports app code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, Field, model_validator
+from ray import serve
+from ray.serve import Application
+
+from .catalog import LATEST
+from .discovery import discover
+from .errors import AppError
+from .ingress import Ingress
+from .loader import load_app
+from .replica import AppReplica
+from .schema import functions_schema
+
+DATA_DIR_ENV = "INFERENCESH_RAY_DATA_DIR"
+INGRESS_NAME = "ingress"
+
+
+class AppSpec(BaseModel):
+    path: str = Field(description="App directory, .py file or package.module:Class")
+    name: Optional[str] = Field(None, description="App name clients use; default: the directory's, `_` as `-`")
+    version: str = Field(LATEST, description="The version clients may name as app@version")
+
+
+class ServeArgs(BaseModel):
+    """The `args:` of a Serve config whose import_path is `inferencesh_ray:build`."""
+
+    apps: list[AppSpec] = Field(default_factory=list, description="The apps to serve")
+    path: Optional[str] = Field(None, description="Shorthand for one app: its path")
+    name: Optional[str] = Field(None, description="Shorthand for one app: its name")
+    data_dir: str = Field(
+        default_factory=lambda: os.environ.get(DATA_DIR_ENV, "~/.inferencesh_ray"),
+        description="Where the task database lives by default ($INFERENCESH_RAY_DATA_DIR, else ~/.inferencesh_ray)",
+    )
+    database: Optional[str] = Field(None, description="SQLite file of the task store (default: DATA_DIR/tasks.sqlite3)")
+    task_retention_s: float = Field(7 * 24 * 3600, gt=0, description="Finished tasks older than this are pruned")
+    task_lease_s: float = Field(
+        20.0, gt=0, description="A task whose ingress stops renewing its lease this long is ended FAILED"
+    )
+    api_keys_file: Optional[str] = Field(None, description="File of API keys, one per line (plus $INFERENCESH_RAY_API_KEYS)")
+    num_replicas: Optional[int] = Field(
+        None, ge=1, description="Replicas of each app's deployment; a config's `deployments:` entry overrides it"
+    )
+
+    @model_validator(mode="after")
+    def _one_or_more_apps(self) -> "ServeArgs":
+        if self.path:
+            self.apps = [AppSpec(path=self.path, name=self.name), *self.apps]
+        if not self.apps:
+            raise ValueError("no app to serve: give `path` (one app) or `apps` (a list of {path, name})")
+        return self
+
+    def database_path(self) -> str:
+        return str(Path(os.path.expanduser(self.database or Path(self.data_dir) / "tasks.sqlite3")).resolve())
+
+
+def build(args: ServeArgs) -> Application:
+    """The Serve application for `args` (Serve validates a config's `args:` into ServeArgs)."""
+    if isinstance(args, dict):
+        args = ServeArgs.model_validate(args)
+    infos, handles = [], {}
+    for spec in args.apps:
+        path = _absolute(spec.path)
+        try:
+            loaded = load_app(path)
+        except AppError as exc:
+            raise AppError(f"cannot serve {spec.path}: {exc}") from exc
+        name = spec.name or loaded.name
+        discovery = discover(loaded.app_cls)
+        if not discovery.functions:
+            raise AppError(f"cannot serve {spec.path}: no functions found (run `infsh-ray app validate --verbose`)")
+        if name in handles:
+            raise AppError(f"two apps are named {name!r}; give one a different `name`")
+        infos.append({"name": name, "version": spec.version, "schema": functions_schema(discovery)})
+        options = {"num_replicas": args.num_replicas} if args.num_replicas else {}
+        handles[name] = serve.deployment(AppReplica, name=name, **options).bind(path, name)
+    ingress = serve.deployment(Ingress, name=INGRESS_NAME, max_ongoing_requests=1000)
+    store = {"database": args.database_path(), "retention_s": args.task_retention_s, "lease_s": args.task_lease_s}
+    return ingress.bind(infos, handles, store, args.api_keys_file)
+
+
+def _absolute(path: str) -> str:
+    """Replicas may start in another directory: pin file paths now, keep module refs as they are."""
+    target, sep, cls = path.partition(":") if not Path(path).exists() else (path, "", "")
+    if Path(target).exists():
+        return str(Path(target).resolve()) + sep + cls
+    return path

@@ -1,0 +1,35 @@
+"""A Serve replica of one app: it hosts the app through the app host and serves every function.
+
+Requests carry their setup config's key as Serve's multiplexed model id, so Serve
+routes them to replicas already warm with that config; the host itself runs
+`unload` then `setup` when a replica switches config.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from ray import serve
+
+from .events import TaskEvent
+from .file_access import ServerFiles
+from .host import AppHost, Call
+
+
+class AppReplica:
+    def __init__(self, app_path: str, app_name: str) -> None:
+        self.host = AppHost.load(app_path, app_id=app_name, files=ServerFiles())
+
+    async def run(self, call: Call) -> AsyncIterator[TaskEvent]:
+        await self._warm(serve.get_multiplexed_model_id())
+        async for event in self.host.run(call):
+            yield event
+
+    @serve.multiplexed(max_num_models_per_replica=1)
+    async def _warm(self, setup_key: str) -> str:
+        # Registering the key tells Serve's router this replica is warm with the config;
+        # `host.run` does the actual unload/setup, inside the task, with its logs.
+        return setup_key
+
+    async def __del__(self) -> None:
+        await self.host.close()

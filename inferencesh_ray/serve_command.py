@@ -1,0 +1,144 @@
+"""`infsh-ray serve PATH|CONFIG.yaml`: serve apps on a local (or given) Ray until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .auth import is_loopback, load_keys
+from .errors import AppError
+
+
+def serve_forever(
+    target: str,
+    *,
+    name: Optional[str],
+    host: str,
+    port: int,
+    replicas: Optional[int],
+    address: Optional[str],
+    data_dir: Optional[str],
+    api_keys_file: Optional[str],
+) -> int:
+    keys = load_keys(api_keys_file)
+    if not keys and not is_loopback(host):
+        raise AppError(
+            f"refusing to listen on {host} with no API keys: set INFERENCESH_RAY_API_KEYS (or --api-keys-file), "
+            "or bind 127.0.0.1"
+        )
+    if not keys:
+        _say(f"no API keys configured: answering requests from this machine only ({host} is loopback)")
+    is_config = Path(target).suffix in (".yaml", ".yml")
+    if not is_config:
+        _check_app(target)
+
+    from ray import serve
+
+    from .local_ray import start_ray
+
+    _say("starting Ray on 127.0.0.1 (no dashboard)..." if not address else f"joining Ray at {address}...")
+    started = start_ray(address)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    names: list[str] = []
+    try:
+        if is_config:
+            names = _deploy_config(Path(target), host, port)
+        else:
+            names = [_deploy_path(target, name, host, port, replicas, data_dir, api_keys_file)]
+        if not _wait_running(names, stop):
+            return 1
+        _say(f"serving {', '.join(names)} at http://{host}:{port} (API docs: /docs); Ctrl-C to stop")
+        stop.wait()
+        _say("shutting down: unloading apps...")
+        return 0
+    finally:
+        if started:
+            serve.shutdown()
+            import ray
+
+            ray.shutdown()
+        else:
+            # On a shared cluster, take down only what this command deployed.
+            for app_name in names:
+                serve.delete(app_name)
+        _say("stopped.")
+
+
+def _check_app(target: str) -> None:
+    """Fail before Ray starts when the app itself is broken."""
+    from .discovery import discover
+    from .loader import load_app
+
+    if not discover(load_app(target).app_cls).functions:
+        raise AppError(f"cannot serve {target}: no functions found (run `infsh-ray app validate --verbose`)")
+
+
+def _deploy_path(target, name, host, port, replicas, data_dir, api_keys_file) -> str:
+    from ray import serve
+
+    from .builder import ServeArgs, build
+
+    args = ServeArgs(path=target, name=name, num_replicas=replicas, api_keys_file=api_keys_file,
+                     **({"data_dir": data_dir} if data_dir else {}))
+    app_name = args.apps[0].name or _default_name(target)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build(args), name=app_name, route_prefix="/")
+    return app_name
+
+
+def _default_name(target: str) -> str:
+    from .loader import load_app
+
+    return load_app(target).name
+
+
+def _deploy_config(path: Path, host: str, port: int) -> list[str]:
+    """Deploy a Serve config file the way `serve run` does, on our Ray and address."""
+    import yaml
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    http = {**config.http_options.model_dump(), "host": host, "port": port}
+    client = serve_api.serve_start(
+        http_options=http,
+        proxy_location=config.proxy_location,
+        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+    )
+    client.deploy_apps(config, _blocking=False)
+    return [app.name for app in config.applications]
+
+
+def _wait_running(names: list[str], stop: threading.Event, timeout_s: float = 600) -> bool:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline and not stop.is_set():
+        apps = serve.status().applications
+        states = {name: (apps[name].status if name in apps else "NOT_STARTED") for name in names}
+        if states != last:
+            _say("deploying: " + ", ".join(f"{n} {s}" for n, s in states.items()))
+            last = states
+        failed = [name for name in names if name in apps and apps[name].status == "DEPLOY_FAILED"]
+        if failed:
+            for name in failed:
+                _say(f"error: {name} failed to deploy: {apps[name].message}")
+            return False
+        if all(state == "RUNNING" for state in states.values()):
+            return True
+        time.sleep(0.5)
+    if not stop.is_set():
+        _say(f"error: not running after {timeout_s:.0f} s")
+    return False
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,116 @@
+"""Deploying, restarting and stopping: the builder, `serve run`, `infsh-ray serve`, and the task store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from conftest import APPS, ROOT
+from inferencesh import inference
+from ray import serve
+
+from inferencesh_ray.status import TaskStatus
+
+pytestmark = pytest.mark.ray
+
+
+def wait_for(predicate, timeout=60, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+def test_completed_tasks_survive_an_ingress_restart_and_interrupted_tasks_fail(ray_serve, tmp_path):
+    args = dict(path=str(APPS / "counting.py"), data_dir=str(tmp_path), task_lease_s=2)
+    url = ray_serve.deploy("restart", **args)
+    sdk = inference(api_key="k", base_url=url)
+    done = sdk.run({"app": "counting", "input": {"text": "kept"}})
+    running = sdk.run({"app": "counting:slow", "input": {"text": "orphan"}}, wait=False)
+    wait_for(lambda: httpx.get(f"{url}/tasks/{running['id']}").json()["data"]["status"] == TaskStatus.RUNNING)
+    serve.delete("restart")  # the ingress and its dispatcher go away mid-task
+    url = ray_serve.deploy("restart", **args)
+    kept = httpx.get(f"{url}/tasks/{done['id']}").json()["data"]
+    assert kept["status"] == TaskStatus.COMPLETED and kept["output"]["text"] == "kept"
+    orphan = wait_for(
+        lambda: (t := httpx.get(f"{url}/tasks/{running['id']}").json()["data"])["status"] >= 10 and t, timeout=30
+    )
+    assert orphan["status"] == TaskStatus.FAILED and "submit it again" in orphan["error"]
+    serve.delete("restart")
+
+
+def test_one_ingress_serves_several_apps_with_keys(ray_serve, tmp_path):
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# team keys\nkey-one\nkey-two  # the second\n")
+    url = ray_serve.deploy(
+        "multi",
+        apps=[{"path": str(APPS / "counting.py"), "name": "echo"}, {"path": str(APPS / "schema_app.py"), "name": "files"}],
+        data_dir=str(tmp_path),
+        api_keys_file=str(keys),
+    )
+    listing = httpx.get(f"{url}/apps", headers={"Authorization": "Bearer key-two"}).json()["data"]
+    assert [app["name"] for app in listing] == ["echo", "files"]
+    assert httpx.get(f"{url}/apps").status_code == 401
+    one, two = inference(api_key="key-one", base_url=url), inference(api_key="key-two", base_url=url)
+    task = one.run({"app": "echo", "input": {"text": "mine"}}, wait=False)
+    assert one.wait_for_completion(task["id"])["output"]["text"] == "mine"
+    from inferencesh.models.errors import APIError
+
+    with pytest.raises(APIError) as info:
+        two.get_task(task["id"])
+    assert info.value.status_code == 404
+    serve.delete("multi")
+
+
+def test_serve_run_of_the_example_config(ray_serve):
+    env = {**os.environ, "RAY_ADDRESS": ray_serve.address}
+    deployed = subprocess.run(
+        [sys.executable, "-m", "ray.serve.scripts", "run", "--non-blocking", "deployments/image_model.yaml"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    try:
+        url = f"http://127.0.0.1:{ray_serve.port}"
+        wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, timeout=120)
+        result = inference(api_key="k", base_url=url).run(
+            {"app": "image-model", "function": "generate", "input": {"width": 16, "height": 8}}
+        )
+        assert (result["output"]["width"], result["output"]["height"]) == (16, 8)
+    finally:
+        serve.delete("image-model")
+
+
+def test_infsh_ray_serve_blocks_until_sigterm_then_unloads(ray_serve, tmp_path):
+    unloads_before = ray_serve.lifecycle().count("unload:a")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inferencesh_ray.cli", "serve", str(APPS / "counting.py"), "--name", "cli-app",
+         "--address", ray_serve.address, "--data-dir", str(tmp_path)],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = []
+        wait_for(lambda: lines.append(process.stderr.readline()) or "serving cli-app" in lines[-1], timeout=120)
+        url = f"http://127.0.0.1:{ray_serve.port}"
+        assert inference(api_key="k", base_url=url).run({"app": "cli-app", "input": {"text": "x"}})["output"]["text"] == "x"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+    wait_for(lambda: ray_serve.lifecycle().count("unload:a") > unloads_before, timeout=30)
+
+
+def test_serve_refuses_a_public_address_without_keys(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "inferencesh_ray.cli", "serve", str(APPS / "counting.py"), "--host", "0.0.0.0"],
+        capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "INFERENCESH_RAY_API_KEYS"},
+    )
+    assert result.returncode == 1
+    assert "refusing to listen on 0.0.0.0 with no API keys" in result.stderr
