@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@rm -f $(VENV)/.installed-* && touch $@
 	@echo "installed."
 
+# `serve run` of the config, on a private loopback Ray (no dashboard) that stops with it.
 serve: $(STAMP)
-	$(VENV)/bin/serve run $(CONFIG)
+	$(PY) -m inferencesh_ray.local_ray $(VENV)/bin/serve run $(CONFIG)
 
 # pytest exits 5 when a selection holds no tests: that is not a failure of the suite.
 test: $(STAMP)

@@ -78,7 +78,7 @@ def main() -> None:
     from inferencesh_ray.builder import build
     from inferencesh_ray.local_ray import start_ray
 
-    start_ray()
+    start_ray(num_cpus=8)  # logical CPUs: both stacks' replicas fit at once and share the same cores
     serve.start(http_options={"host": "127.0.0.1", "port": 8123})
     data = tempfile.mkdtemp(prefix="infsh-bench-")
     serve.run(build({"path": str(HERE / "apps" / "noop.py"), "name": "noop", "data_dir": data}),
@@ -88,6 +88,7 @@ def main() -> None:
 
     rows = []
     for concurrency in args.concurrency:
+        print(f"c={concurrency}: {args.requests} requests each...", file=sys.stderr, flush=True)
         asyncio.run(load(asyncio.run(plain_call(f"{base}/plain")), concurrency, 20))  # warm up
         asyncio.run(load(asyncio.run(ours_call(f"{base}/ours")), concurrency, 20))
         plain = asyncio.run(load(asyncio.run(plain_call(f"{base}/plain")), concurrency, args.requests))

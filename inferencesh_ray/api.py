@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import Depends, FastAPI, Request
@@ -28,7 +29,11 @@ from .status import TaskStatus
 from .store import stream_view
 
 _log = logging.getLogger(__name__)
+# A heartbeat line keeps proxies from closing a quiet stream; the official client's idle
+# rule (30 s) needs the full task re-sent more often than that, so it is, every 15 s.
+HEARTBEAT_S = 5.0
 RESEND_IDLE_S = 15.0
+HEARTBEAT_LINE = b'{"type":"heartbeat"}\n'
 
 
 class RunRequest(BaseModel):
@@ -49,7 +54,13 @@ def envelope(data: Any) -> JSONResponse:
     return JSONResponse({"success": True, "data": data, "messages": []})
 
 
-def create_api(catalog: AppCatalog, dispatcher: Dispatcher, auth: Auth, resend_idle_s: float = RESEND_IDLE_S) -> FastAPI:
+def create_api(
+    catalog: AppCatalog,
+    dispatcher: Dispatcher,
+    auth: Auth,
+    heartbeat_s: float = HEARTBEAT_S,
+    resend_idle_s: float = RESEND_IDLE_S,
+) -> FastAPI:
     api = FastAPI(
         title="inferencesh_ray",
         description="Tasks, apps and streams, wire-compatible with the official inferencesh SDK.",
@@ -110,7 +121,7 @@ def create_api(catalog: AppCatalog, dispatcher: Dispatcher, auth: Auth, resend_i
     async def stream_task(task_id: str, caller: str = Depends(owner)) -> StreamingResponse:
         await task_or_404(task_id, caller)
         return StreamingResponse(
-            _task_lines(store, task_id, caller, resend_idle_s),
+            _task_lines(store, task_id, caller, heartbeat_s, resend_idle_s),
             media_type="application/x-ndjson",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -130,14 +141,20 @@ def create_api(catalog: AppCatalog, dispatcher: Dispatcher, auth: Auth, resend_i
     return api
 
 
-async def _task_lines(store: Any, task_id: str, owner: str, resend_idle_s: float) -> AsyncIterator[bytes]:
-    """A snapshot first, the full task on every change (re-sent when idle), ending after the terminal one."""
-    seen = -1
+async def _task_lines(
+    store: Any, task_id: str, owner: str, heartbeat_s: float, resend_idle_s: float
+) -> AsyncIterator[bytes]:
+    """A snapshot first, the full task on every change, heartbeats (and the task again) when idle, ending after the terminal one."""
+    seen, sent_at = -1, 0.0
     while True:
-        result = await store.watch(task_id, owner, seen, resend_idle_s)
+        result = await store.watch(task_id, owner, seen, heartbeat_s)
         if result is None:
             return
-        seen, task = result
+        version, task = result
+        if version == seen and time.monotonic() - sent_at < resend_idle_s:
+            yield HEARTBEAT_LINE
+            continue
+        seen, sent_at = version, time.monotonic()
         yield (json.dumps(stream_view(task), ensure_ascii=True) + "\n").encode()
         if TaskStatus(task["status"]).is_terminal:
             return

@@ -111,6 +111,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.replicas is not None and args.replicas < 1:
         raise UsageError("--replicas must be at least 1")
+    if Path(args.target).suffix in (".yaml", ".yml"):
+        given = [flag for flag, value in [("--name", args.name), ("--replicas", args.replicas),
+                 ("--data-dir", args.data_dir), ("--api-keys-file", args.api_keys_file)] if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to an app path; with a config file, set them in its `args:`")
     return serve_forever(
         args.target,
         name=args.name,

@@ -8,6 +8,7 @@ deployments through their handles.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import ray
@@ -20,6 +21,7 @@ from .dispatch import Dispatcher, serve_backend
 from .store import TaskStore
 
 NAMESPACE = "inferencesh_ray"
+_log = logging.getLogger("ray.serve")
 
 
 class RemoteStore:
@@ -55,6 +57,8 @@ class Ingress:
                  api_keys_file: str | None = None) -> None:
         self.catalog = AppCatalog([AppInfo(**app) for app in apps])
         self.auth = Auth(load_keys(api_keys_file))
+        if self.auth.open:
+            _log.warning("no API keys configured: answering requests from this machine (loopback) only")
         store = RemoteStore(task_store_actor(**store))
         self.dispatcher = Dispatcher(store, {name: serve_backend(handle) for name, handle in handles.items()})
 

@@ -8,6 +8,9 @@ its address (or set RAY_ADDRESS).
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from typing import Optional
 
 # Ray maps a node IP of 127.0.0.1 to this machine's routable address unless it believes
@@ -30,3 +33,36 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> 
     ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before us
     ray.init(address="local", include_dashboard=False, num_cpus=num_cpus, log_to_driver=True)
     return True
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m inferencesh_ray.local_ray COMMAND...`: run COMMAND on a private loopback Ray, then stop that Ray.
+
+    `make serve` runs `serve run CONFIG` this way: Serve's own CLI, but on a Ray that
+    listens on 127.0.0.1 only and has no dashboard, and that goes away with the command.
+    """
+    command = sys.argv[1:] if argv is None else argv
+    if not command:
+        print("usage: python -m inferencesh_ray.local_ray COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    print("starting Ray on 127.0.0.1 (no dashboard)...", file=sys.stderr, flush=True)
+    start_ray()
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    try:
+        # A shell that starts us in the background ignores SIGINT; COMMAND must not inherit that.
+        process = subprocess.Popen(command, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        # `serve run` shuts down cleanly (unloading apps) on Ctrl-C only: a SIGTERM to us becomes one.
+        signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGINT))
+        while True:
+            try:
+                return process.wait()
+            except KeyboardInterrupt:  # the terminal sent SIGINT to COMMAND too: let it shut down first
+                continue
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

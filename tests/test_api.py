@@ -29,7 +29,7 @@ def scenario(apps, tmp_path, body, keys=()):
     async def main():
         store = TaskStore(str(tmp_path / "tasks.sqlite3"))
         dispatcher = Dispatcher(store, {"counting": host_backend(host)})
-        api = CollapseSlashes(create_api(catalog, dispatcher, Auth(list(keys)), resend_idle_s=0.5))
+        api = CollapseSlashes(create_api(catalog, dispatcher, Auth(list(keys)), heartbeat_s=0.1, resend_idle_s=0.5))
         transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 5000))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             try:
@@ -129,13 +129,34 @@ def test_stream_is_ndjson_snapshot_changes_and_terminal(apps, tmp_path):
             lines = [json.loads(line) async for line in response.aiter_lines() if line]
         return lines
 
-    lines = scenario(apps, tmp_path, body)
+    lines = [line for line in scenario(apps, tmp_path, body) if line != {"type": "heartbeat"}]
     statuses = [line["status"] for line in lines]
     assert statuses == sorted(statuses), statuses
     assert statuses[-1] == TaskStatus.COMPLETED and lines[-1]["output"] == {"text": "p2", "mode": "a"}
     outputs = [line["output"]["text"] for line in lines if line["output"]]
     assert "p0" in outputs or "p1" in outputs  # snapshots stream before the end
     assert all(isinstance(line["status"], int) for line in lines)
+
+
+def test_quiet_stream_sends_heartbeats_and_resends_the_task(apps, tmp_path):
+    async def body(client):
+        task = (await client.post("/apps/run", json={"app": "counting:slow", "input": {"text": "q"}})).json()["data"]
+        lines = []
+        async with client.stream("GET", f"/tasks/{task['id']}/stream") as response:
+            started = asyncio.get_running_loop().time()
+            async for line in response.aiter_lines():
+                lines.append(json.loads(line))
+                if asyncio.get_running_loop().time() - started > 1.3:
+                    break
+        await client.post(f"/tasks/{task['id']}/cancel")
+        return lines
+
+    lines = scenario(apps, tmp_path, body)
+    heartbeats = [line for line in lines if line.get("type") == "heartbeat"]
+    tasks = [line for line in lines if "status" in line]
+    assert len(heartbeats) >= 5, lines
+    # The running task, re-sent whole every 0.5 s of silence, so the official client's 30 s idle rule never fires.
+    assert len([t for t in tasks if t["status"] == TaskStatus.RUNNING]) >= 2, tasks
 
 
 def test_cancel_running_and_finished(apps, tmp_path):
@@ -188,7 +209,7 @@ def test_listing_schema_health_docs(apps, tmp_path):
     async def body(client):
         listing = (await client.get("/apps")).json()["data"]
         assert listing == [{"name": "counting", "versions": ["latest"], "default_function": "run",
-                            "functions": ["run", "shout", "count", "boom", "nothing", "slow", "progress", "wrong_type"]}]
+                            "functions": ["run", "shout", "count", "boom", "nothing", "slow", "progress", "wrong_type", "blocking"]}]
         schema = (await client.get("/apps/counting/schema")).json()["data"]
         assert schema["functions"]["run"]["input_schema"]["required"] == ["text"]
         assert (await client.get("/apps/nope/schema")).status_code == 404

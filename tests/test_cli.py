@@ -112,3 +112,12 @@ def test_dev_errors_are_one_clear_line(apps):
     assert "this app has no `run` function, so name one; its functions are: good, with_metadata" in no_run.stderr
     missing_file = cli("app", "dev", EXAMPLE, "--input", "@/no/such.json")
     assert missing_file.returncode == 2 and "cannot read /no/such.json" in missing_file.stderr
+
+
+def test_serve_flags_that_belong_in_a_config_are_refused_with_one():
+    result = cli("serve", "deployments/image_model.yaml", "--replicas", "2", "--name", "x", cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: --name, --replicas apply to an app path; with a config file, set them in its `args:`"
+    )
+    assert cli("serve", str(ROOT / "tests" / "apps" / "counting.py"), "--replicas", "0").returncode == 2

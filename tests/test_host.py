@@ -123,23 +123,29 @@ def test_invalid_input_and_setup_name_each_field(counting):
     assert lifecycle == []  # nothing invalid ever reaches setup
 
 
+async def cancel_once_started(host: AppHost, call: Call, lifecycle: list, started: str) -> list:
+    """Run `call`, cancel its consumer as soon as `started` is recorded; the events it saw."""
+    seen = []
+
+    async def consume():
+        async for event in host.run(call):
+            seen.append(event)
+
+    task = asyncio.create_task(consume())
+    while started not in lifecycle:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return seen
+
+
 def test_cancel_cancels_the_function_and_the_host_serves_on(counting):
     app_cls, lifecycle = counting
 
     async def scenario():
         host = AppHost(app_cls)
-        seen = []
-
-        async def consume():
-            async for event in host.run(Call("slow", {"text": "x"})):
-                seen.append(event)
-
-        task = asyncio.create_task(consume())
-        while "slow:start:x" not in lifecycle:
-            await asyncio.sleep(0.01)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        seen = await cancel_once_started(host, Call("slow", {"text": "x"}), lifecycle, "slow:start:x")
         after = await events_of(host, Call("run", {"text": "y"}))
         return seen, after[-1]
 
@@ -283,3 +289,21 @@ def test_server_files_never_read_the_servers_disk(apps, tmp_path):
     for event in refused:
         assert isinstance(event, Failed) and "local paths and other URIs are refused" in event.error
     assert isinstance(allowed, Completed) and allowed.output["files"][0]["size"] == 4
+
+
+def test_cancel_of_a_sync_function_stops_waiting_and_drops_its_result(counting):
+    app_cls, lifecycle = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        call = Call("blocking", {"text": "s", "times": 5})
+        seen = await cancel_once_started(host, call, lifecycle, "blocking:start:s")
+        assert "blocking:end:s" not in lifecycle  # cancelled while the thread still ran
+        after = await events_of(host, Call("run", {"text": "next"}))
+        await asyncio.sleep(1.2)  # the thread finishes on its own; nothing is emitted for it
+        return seen, after[-1]
+
+    seen, after = asyncio.run(scenario())
+    assert "blocking:end:s" in lifecycle
+    assert not any(isinstance(event, Completed) for event in seen)
+    assert after == Completed({"text": "next", "mode": "a"})

@@ -114,3 +114,46 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path):
     )
     assert result.returncode == 1
     assert "refusing to listen on 0.0.0.0 with no API keys" in result.stderr
+
+
+@pytest.mark.slow
+def test_serve_run_on_a_private_loopback_ray_stops_cleanly_on_sigterm(tmp_path):
+    """`make serve`'s way: `serve run CONFIG` on a Ray of its own, gone (after unload) on SIGTERM."""
+    from conftest import free_port
+
+    port = free_port()
+    config = tmp_path / "counting.yaml"
+    config.write_text(
+        f"http_options: {{host: 127.0.0.1, port: {port}}}\n"
+        "applications:\n"
+        "  - name: private\n"
+        "    route_prefix: /\n"
+        "    import_path: inferencesh_ray:build\n"
+        f"    args: {{path: {APPS / 'counting.py'}, data_dir: {tmp_path}}}\n"
+    )
+    events = tmp_path / "events.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"INFSH_TEST_EVENTS": str(events)}
+    log = tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inferencesh_ray.local_ray", sys.executable, "-m", "ray.serve.scripts", "run", str(config)],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _healthy(url), timeout=120)
+        assert inference(api_key="k", base_url=url).run({"app": "counting", "input": {"text": "p"}})["output"]["text"] == "p"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0
+    finally:
+        process.kill()
+    assert "starting Ray on 127.0.0.1 (no dashboard)" in log.read_text()
+    assert "unload:a" in events.read_text()  # serve run shut down cleanly, so the replica unloaded
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=2)  # that Ray, and its proxy, are gone
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

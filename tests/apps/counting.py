@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import time
 from typing import AsyncGenerator, Literal
 
 from pydantic import BaseModel, Field
@@ -82,6 +83,13 @@ class App(BaseApp):
 
     async def wrong_type(self, input_data: EchoInput) -> EchoOutput:
         return {"text": "not a model"}  # type: ignore[return-value]
+
+    def blocking(self, input_data: EchoInput) -> EchoOutput:
+        """A sync function (run in a thread) that blocks for `times` x 0.2 s."""
+        record(f"blocking:start:{input_data.text}")
+        time.sleep(input_data.times * 0.2)
+        record(f"blocking:end:{input_data.text}")
+        return EchoOutput(text=input_data.text, mode=self.mode)
 
 
 class Plain(BaseModel):
