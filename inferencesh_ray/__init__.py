@@ -2,30 +2,65 @@
 
 The app author's API is `BaseApp`, `BaseAppInput`, `BaseAppOutput`, `BaseAppSetup`,
 `File` and `Metadata`; `AppHost` runs an app in-process; `TaskStatus` numbers
-statuses as the official SDK does.
+statuses as the official SDK does; `inference` / `async_inference` are the client of a
+running server (httpx only).
 """
 
 from .app import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, Metadata
+from .client import (
+    APIError,
+    APIValidationError,
+    AsyncInference,
+    ConfigurationError,
+    ConnectionFailed,
+    Inference,
+    InferenceError,
+    ProtocolError,
+    TaskCancelled,
+    TaskError,
+    TaskFailed,
+    TaskRejected,
+    UploadFileOptions,
+    WaitTimeout,
+    async_inference,
+    inference,
+)
 from .errors import AppCodeError, AppError, AppLoadError, FunctionNotFound, InvalidInput
 from .files import File
 from .host import AppHost, Call
 from .status import TaskStatus
 
 __all__ = [
+    "APIError",
+    "APIValidationError",
     "AppCodeError",
     "AppError",
     "AppHost",
     "AppLoadError",
+    "AsyncInference",
     "BaseApp",
     "BaseAppInput",
     "BaseAppOutput",
     "BaseAppSetup",
     "Call",
+    "ConfigurationError",
+    "ConnectionFailed",
     "File",
     "FunctionNotFound",
+    "Inference",
+    "InferenceError",
     "InvalidInput",
     "Metadata",
+    "ProtocolError",
+    "TaskCancelled",
+    "TaskError",
+    "TaskFailed",
+    "TaskRejected",
     "TaskStatus",
+    "UploadFileOptions",
+    "WaitTimeout",
+    "async_inference",
+    "inference",
 ]
 
 

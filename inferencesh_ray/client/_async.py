@@ -1,0 +1,305 @@
+"""The asynchronous client: `AsyncInference` and `AsyncTaskStream`, the sync client's surface with `await`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional, Union
+
+import httpx
+
+from ..files import File
+from ._base import ClientSurface, StreamHandle, client_options, file_url_request, run_body, stream_request
+from ._config import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
+from ._errors import InferenceError, connection_failed, error_from_response
+from ._files import (
+    FileData,
+    UploadFileOptions,
+    data_uri_bytes,
+    download_source,
+    download_target,
+    file_request,
+    partial_file,
+    upload_source,
+    upload_target,
+    uploads_in,
+)
+from ._stream import StreamOptions, TaskWatch
+from ._tasks import strip_task
+from ._wire import MessageCallback, Response, is_transient, read_envelope, route, task_of
+
+
+class _AsyncConnection:
+    """One pooled httpx.AsyncClient; every request goes through here, so errors are always typed."""
+
+    def __init__(
+        self, config: ClientConfig, on_message: Optional[MessageCallback], transport: Optional[httpx.AsyncBaseTransport]
+    ) -> None:
+        self.config = config
+        self._on_message = on_message
+        self.http = httpx.AsyncClient(**client_options(config, transport))
+
+    async def request(self, method: str, path: str, *, json: Any = None) -> Response:
+        try:
+            response = await self.http.request(method, path, json=json)
+        except httpx.TransportError as exc:
+            raise connection_failed(exc, self.config.timeout) from exc
+        return read_envelope(response.status_code, response.text, self._on_message)
+
+    async def task_or_none(self, task_id: str) -> Optional[dict[str, Any]]:
+        """The task from a GET, or None when the server cannot be asked right now."""
+        try:
+            task = (await self.request("GET", route("/tasks/{}", task_id))).data
+        except InferenceError as exc:
+            if is_transient(exc):
+                return None
+            raise
+        return task if isinstance(task, dict) else None
+
+    @asynccontextmanager
+    async def open(self, request: httpx.Request) -> AsyncIterator[httpx.Response]:
+        """A streamed answer, closed on leaving; an error status is raised as APIError."""
+        response = await self.http.send(request, stream=True)
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                raise error_from_response(response.status_code, response.text)
+            yield response
+        finally:
+            await response.aclose()
+
+
+class AsyncTaskStream(StreamHandle):
+    """A task's updates as they happen, ending with the terminal one: `async for update in stream`.
+
+    Same updates, errors and `result` as the sync TaskStream. The caller's `timeout` is
+    enforced on every read, so a silent connection never holds a wait past it.
+    """
+
+    def __init__(self, connection: _AsyncConnection, task_id: str, options: StreamOptions) -> None:
+        super().__init__(task_id, options, connection.config.stream_timeout)
+        self._connection = connection
+        self._updates: Optional[AsyncIterator[dict[str, Any]]] = None
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        if self._updates is None:
+            self._updates = self._follow()
+        return self._updates
+
+    async def __aenter__(self) -> "AsyncTaskStream":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop following (closes the open connection); the task itself keeps running."""
+        if self._updates is not None:
+            await self._updates.aclose()  # type: ignore[attr-defined]
+
+    async def _follow(self) -> AsyncIterator[dict[str, Any]]:
+        watch = self._watch
+        try:
+            while True:
+                if not watch.expired:
+                    try:
+                        async for update in self._one_connection(watch):
+                            yield update
+                    except asyncio.TimeoutError:
+                        pass  # the caller's deadline cut a read short: reconcile, then WaitTimeout
+                    except (httpx.TransportError, InferenceError) as exc:
+                        watch.lost(exc)  # raises what retrying cannot fix
+                    if watch.finished:
+                        return
+                update = watch.reconcile(await self._connection.task_or_none(self.task_id))
+                if update is not None:
+                    yield update
+                    return
+                await asyncio.sleep(watch.reconnect_delay())
+        except Exception as exc:
+            self._error = exc
+            raise
+
+    async def _one_connection(self, watch: TaskWatch) -> AsyncIterator[dict[str, Any]]:
+        watch.connecting()
+        connection = self._connection
+        async with connection.open(stream_request(connection.http, connection.config, self.task_id, watch.read_timeout())) as response:
+            lines = response.aiter_lines()
+            while True:
+                try:
+                    line = await asyncio.wait_for(lines.__anext__(), watch.time_left())
+                except StopAsyncIteration:
+                    return
+                update = watch.feed(line)
+                if update is not None:
+                    yield update
+                if watch.should_leave:
+                    return
+
+
+class AsyncTasks:
+    """Run tasks, read them, follow them, cancel them."""
+
+    def __init__(self, connection: _AsyncConnection, files: "AsyncFiles") -> None:
+        self._connection = connection
+        self._files = files
+
+    async def run(
+        self,
+        params: dict[str, Any],
+        *,
+        wait: bool = True,
+        stream: bool = False,
+        timeout: Optional[float] = None,
+        auto_reconnect: bool = True,
+        max_reconnects: int = 5,
+        reconnect_delay_ms: int = 1000,
+    ) -> Union[dict[str, Any], AsyncTaskStream]:
+        """As `Tasks.run`: the completed task, the created task (`wait=False`) or an AsyncTaskStream (`stream=True`)."""
+        options = StreamOptions(auto_reconnect, max_reconnects, reconnect_delay_ms, timeout)
+        uris = {pending: (await self._files.upload(pending.source, pending.options))["uri"] for pending in uploads_in(params.get("input"))}
+        task = task_of(await self._connection.request("POST", "/apps/run", json=run_body(params, uris)))
+        if stream:
+            return AsyncTaskStream(self._connection, task["id"], options)
+        if not wait:
+            return strip_task(task)
+        return await _result_of(AsyncTaskStream(self._connection, task["id"], options))
+
+    async def get(self, task_id: str) -> Response:
+        """The task as it is now, in full (`.data`), as the official SDK returns it."""
+        return await self._connection.request("GET", route("/tasks/{}", task_id))
+
+    async def cancel(self, task_id: str) -> None:
+        """Ask the server to cancel the task; a finished task stays as it is."""
+        await self._connection.request("POST", route("/tasks/{}/cancel", task_id))
+
+    def stream(
+        self,
+        task_id: str,
+        *,
+        timeout: Optional[float] = None,
+        auto_reconnect: bool = True,
+        max_reconnects: int = 5,
+        reconnect_delay_ms: int = 1000,
+    ) -> AsyncTaskStream:
+        """Follow a task's updates (nothing is sent until iteration starts)."""
+        return AsyncTaskStream(self._connection, task_id, StreamOptions(auto_reconnect, max_reconnects, reconnect_delay_ms, timeout))
+
+    async def wait_for_completion(
+        self,
+        task_id: str,
+        *,
+        timeout: Optional[float] = None,
+        auto_reconnect: bool = True,
+        max_reconnects: int = 5,
+        reconnect_delay_ms: int = 1000,
+    ) -> dict[str, Any]:
+        """The completed task; TaskError if it ended otherwise, WaitTimeout after `timeout` seconds."""
+        options = StreamOptions(auto_reconnect, max_reconnects, reconnect_delay_ms, timeout)
+        return await _result_of(AsyncTaskStream(self._connection, task_id, options))
+
+
+async def _result_of(stream: AsyncTaskStream) -> dict[str, Any]:
+    async with stream:
+        async for _ in stream:
+            pass
+    assert stream.result is not None  # a stream ends only after COMPLETED; otherwise it raised
+    return stream.result
+
+
+class AsyncFiles:
+    """Upload files for inputs; download output files."""
+
+    def __init__(self, connection: _AsyncConnection) -> None:
+        self._connection = connection
+
+    async def upload(self, data: FileData, options: Optional[UploadFileOptions] = None) -> dict[str, Any]:
+        """Upload a local path, bytes, a data: URI or base64; returns the file object (its `uri` goes in inputs)."""
+        options = options or UploadFileOptions()
+        source = upload_source(data, options)
+        created, upload_url = upload_target((await self._connection.request("POST", "/files", json=file_request(source, options))).data)
+        content = source.content
+        if content is None:  # read off the event loop: a large file would stall every other task
+            content = await asyncio.to_thread(Path(source.local_path or "").read_bytes)
+        put = file_url_request(self._connection.http, "PUT", upload_url, content=content, content_type=source.content_type)
+        async with self._sending():
+            async with self._connection.open(put):
+                pass
+        return created
+
+    async def download(self, file: Union[str, dict, File], dest: Union[str, "os.PathLike[str]"] = ".") -> Path:
+        """Save an output file (a `{uri, ...}` value, a File or a URI) to `dest`, a file or a directory; returns its path."""
+        uri, filename = download_source(file)
+        target = download_target(dest, uri, filename)
+        with partial_file(target) as out:
+            if uri.startswith("data:"):
+                out.write(data_uri_bytes(uri))
+            else:
+                async with self._sending(), self._connection.open(file_url_request(self._connection.http, "GET", uri)) as response:
+                    async for chunk in response.aiter_bytes():
+                        out.write(chunk)
+        return target
+
+    @asynccontextmanager
+    async def _sending(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except httpx.TransportError as exc:
+            raise connection_failed(exc, self._connection.config.timeout) from exc
+
+
+class AsyncSessions:
+    """Sessions: one app instance kept for a series of calls (`"session": "new"` in `run` starts one)."""
+
+    def __init__(self, connection: _AsyncConnection) -> None:
+        self._connection = connection
+
+    async def get(self, session_id: str) -> dict[str, Any]:
+        return (await self._connection.request("GET", route("/sessions/{}", session_id))).data
+
+    async def list(self) -> list[dict[str, Any]]:
+        return (await self._connection.request("GET", "/sessions")).data or []
+
+    async def keepalive(self, session_id: str) -> dict[str, Any]:
+        """Reset the session's idle timer; returns the session."""
+        return (await self._connection.request("POST", route("/sessions/{}/keepalive", session_id))).data
+
+    async def end(self, session_id: str) -> None:
+        """End the session and release its app instance."""
+        await self._connection.request("DELETE", route("/sessions/{}", session_id))
+
+
+class AsyncInference(ClientSurface):
+    """The async client: the same configuration, calls and errors as `Inference`, awaited."""
+
+    def __init__(
+        self,
+        *,
+        api_key: Optional[str] = None,
+        base_url: Optional[str] = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        stream_timeout: float = DEFAULT_STREAM_TIMEOUT_S,
+        on_message: Optional[MessageCallback] = None,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+    ) -> None:
+        self._config = resolve_config(api_key, base_url, timeout, stream_timeout)
+        self._connection = _AsyncConnection(self._config, on_message, transport)
+        self.files = AsyncFiles(self._connection)
+        self.tasks = AsyncTasks(self._connection, self.files)
+        self.sessions = AsyncSessions(self._connection)
+
+    async def aclose(self) -> None:
+        await self._connection.http.aclose()
+
+    async def __aenter__(self) -> "AsyncInference":
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+
+def async_inference(*, api_key: Optional[str] = None, base_url: Optional[str] = None, **options: Any) -> AsyncInference:
+    """`AsyncInference(...)`, under the official SDK's factory name."""
+    return AsyncInference(api_key=api_key, base_url=base_url, **options)

@@ -1,0 +1,227 @@
+"""Files on the client side, without I/O: what to upload and how to describe it, which input
+values are uploads, and where a download goes.
+
+The input rule is the official SDK's (wire protocol §10): walking `input` through dicts
+and lists, a string that names an existing local file, a `data:` URI or a base64-looking
+string is uploaded and replaced by the file's URI; so is a `File` with a local path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import mimetypes
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterator, Optional, Union
+from urllib.parse import unquote, urlparse
+
+from ..files import File
+from ._errors import ProtocolError
+
+FileData = Union[str, bytes, "os.PathLike[str]"]
+
+_DATA_URI = re.compile(r"^data:([^;]+);base64,(.+)$", re.DOTALL)
+_BASE64 = re.compile(r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{2}==)?$")
+
+
+@dataclass
+class UploadFileOptions:
+    """How to describe an upload to the server (each field optional, as in the official SDK)."""
+
+    filename: Optional[str] = None
+    content_type: Optional[str] = None
+    path: Optional[str] = None
+    public: Optional[bool] = None
+
+
+@dataclass(frozen=True)
+class UploadSource:
+    """Bytes to upload, in memory or in a local file, and how the server is told about them."""
+
+    content: Optional[bytes]
+    local_path: Optional[str]
+    filename: Optional[str]
+    content_type: str
+    size: int
+
+
+def looks_like_base64(value: str) -> bool:
+    """At least 16 characters of padded base64 that decodes (so words like "hello" are left alone)."""
+    if len(value) < 16 or len(value) % 4 or not _BASE64.match(value):
+        return False
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+def upload_source(data: FileData, options: UploadFileOptions) -> UploadSource:
+    """What `files.upload(data, options)` sends; ValueError when `data` is none of the accepted forms."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        content = bytes(data)
+        return UploadSource(content, None, options.filename, options.content_type or "application/octet-stream", len(content))
+    if isinstance(data, os.PathLike):
+        data = os.fspath(data)
+    if not isinstance(data, str):
+        raise TypeError(f"files.upload takes a path, bytes, a data: URI or base64, not {type(data).__name__}")
+    if os.path.isfile(data):
+        content_type = options.content_type or mimetypes.guess_type(data)[0] or "application/octet-stream"
+        filename = options.filename or os.path.basename(data)
+        return UploadSource(None, data, filename, content_type, os.path.getsize(data))
+    if data.startswith("data:"):
+        match = _DATA_URI.match(data)
+        if not match:
+            raise ValueError("malformed data: URI: expected data:<content type>;base64,<data>")
+        content = _b64decode(match.group(2))
+        return UploadSource(content, None, options.filename, options.content_type or match.group(1), len(content))
+    if looks_like_base64(data):
+        content = _b64decode(data)
+        return UploadSource(content, None, options.filename, options.content_type or "application/octet-stream", len(content))
+    raise ValueError(
+        f"cannot upload {data[:80]!r}: it is not an existing file, a data: URI or base64 (bytes work too)"
+    )
+
+
+def file_request(source: UploadSource, options: UploadFileOptions) -> dict[str, Any]:
+    """The `POST /files` body: always one file, described as the official SDK describes it."""
+    return {
+        "files": [
+            {
+                "uri": "",
+                "filename": source.filename,
+                "content_type": source.content_type,
+                "path": options.path,
+                "size": source.size,
+                "public": options.public,
+            }
+        ]
+    }
+
+
+def upload_target(data: Any) -> tuple[dict[str, Any], str]:
+    """The created file object and the URL to PUT its bytes to, from `POST /files`'s data."""
+    created = data[0] if isinstance(data, list) and data else None
+    if not isinstance(created, dict) or not created.get("upload_url"):
+        raise ProtocolError("No upload URL provided by the server: POST /files must answer a list of files with `upload_url`")
+    return created, created["upload_url"]
+
+
+# -- input pre-processing ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """One input value to upload: a local path, a data: URI or base64, and any names a File gave it."""
+
+    source: str
+    filename: Optional[str] = None
+    content_type: Optional[str] = None
+
+    @property
+    def options(self) -> UploadFileOptions:
+        return UploadFileOptions(filename=self.filename, content_type=self.content_type)
+
+
+def uploads_in(value: Any) -> list[PendingUpload]:
+    """Every upload an input needs, once each, in the order met."""
+    found: dict[PendingUpload, None] = {}
+    _collect(value, found)
+    return list(found)
+
+
+def with_uris(value: Any, uris: dict[PendingUpload, str]) -> Any:
+    """The input with each upload replaced by its URI (and each remote File by its URI)."""
+    if isinstance(value, dict):
+        return {key: with_uris(item, uris) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [with_uris(item, uris) for item in value]
+    pending = _pending(value)
+    if pending is not None:
+        return uris[pending]
+    if isinstance(value, File):
+        return value.uri
+    return value
+
+
+def _collect(value: Any, found: dict[PendingUpload, None]) -> None:
+    if isinstance(value, dict):
+        for item in value.values():
+            _collect(item, found)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect(item, found)
+    else:
+        pending = _pending(value)
+        if pending is not None:
+            found[pending] = None
+
+
+def _pending(value: Any) -> Optional[PendingUpload]:
+    if isinstance(value, str):
+        # A file, not just any existing path: a text field saying "." must not upload a directory.
+        if os.path.isfile(value) or value.startswith("data:") or looks_like_base64(value):
+            return PendingUpload(value)
+        return None
+    if isinstance(value, File):
+        source = value.path or (value.uri if value.uri and value.uri.startswith("data:") else None)
+        return PendingUpload(source, value.filename, value.content_type) if source else None
+    return None
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not valid base64: {exc}") from None
+
+
+# -- downloads ---------------------------------------------------------------------
+
+
+def download_source(file: Union[str, dict, File]) -> tuple[str, Optional[str]]:
+    """(URI, filename) of an output file value: a `{uri, filename, ...}` dict, a File or a URI."""
+    if isinstance(file, File):
+        uri, filename = file.uri, file.filename
+    elif isinstance(file, dict):
+        uri, filename = file.get("uri"), file.get("filename")
+    else:
+        uri, filename = file, None
+    if not isinstance(uri, str) or urlparse(uri).scheme not in ("http", "https", "data"):
+        raise ValueError(f"nothing to download: {file!r} has no http(s) or data: uri")
+    return uri, filename
+
+
+def download_target(dest: Union[str, "os.PathLike[str]"], uri: str, filename: Optional[str]) -> Path:
+    """`dest` itself, or a file in it when it is a directory, named after the file (never outside it)."""
+    target = Path(dest)
+    if not target.is_dir():
+        return target
+    name = os.path.basename(filename or "")
+    if not name and not uri.startswith("data:"):
+        name = os.path.basename(unquote(urlparse(uri).path))
+    return target / (name or "download")
+
+
+def data_uri_bytes(uri: str) -> bytes:
+    match = _DATA_URI.match(uri)
+    if not match:
+        raise ValueError("malformed data: URI: expected data:<content type>;base64,<data>")
+    return _b64decode(match.group(2))
+
+
+@contextmanager
+def partial_file(target: Path) -> Iterator[IO[bytes]]:
+    """Write to a temporary name beside `target` and move it in place only when complete."""
+    part = target.with_name(f".{target.name}.part")
+    try:
+        with open(part, "wb") as handle:
+            yield handle
+        os.replace(part, target)
+    finally:
+        if part.exists():
+            part.unlink()
