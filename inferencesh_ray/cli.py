@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="where the task database lives (default ~/.inferencesh_ray)")
     serve.add_argument("--api-keys-file", help="file of API keys, one per line (or set INFERENCESH_RAY_API_KEYS)")
     serve.set_defaults(handler=_serve)
+
+    from . import remote_cli  # app run, task, files: the commands that talk to a running server
+
+    remote_cli.add_commands(commands, app_commands)
     return parser
 
 
