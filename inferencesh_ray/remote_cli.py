@@ -195,6 +195,8 @@ class LiveProgress(TaskView):
         if not ended:
             self._show_status(status)
         for entry in update.get("logs") or []:
+            if not isinstance(entry, dict):
+                continue
             key = str(entry.get("id") or (entry.get("created_at"), entry.get("content")))
             if key not in self._logs_seen:
                 self._logs_seen.add(key)

@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Optional, Union
 import httpx
 
 from ..files import File
-from ._base import ClientSurface, StreamHandle, client_options, file_url_request, run_body, stream_request
+from ._base import StreamHandle, client_options, file_url_request, run_body, stream_request
 from ._config import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
@@ -271,7 +271,7 @@ class AsyncSessions:
         await self._connection.request("DELETE", route("/sessions/{}", session_id))
 
 
-class AsyncInference(ClientSurface):
+class AsyncInference:
     """The async client: the same configuration, calls and errors as `Inference`, awaited."""
 
     def __init__(
@@ -289,6 +289,17 @@ class AsyncInference(ClientSurface):
         self.files = AsyncFiles(self._connection)
         self.tasks = AsyncTasks(self._connection, self.files)
         self.sessions = AsyncSessions(self._connection)
+        # The official SDK's older names for the same calls.
+        self.run = self.tasks.run
+        self.get_task = self.tasks.get
+        self.cancel = self.tasks.cancel
+        self.stream_task = self.tasks.stream
+        self.wait_for_completion = self.tasks.wait_for_completion
+        self.upload_file = self.files.upload
+
+    @property
+    def base_url(self) -> str:
+        return self._config.base_url
 
     async def aclose(self) -> None:
         await self._connection.http.aclose()
@@ -300,6 +311,4 @@ class AsyncInference(ClientSurface):
         await self.aclose()
 
 
-def async_inference(*, api_key: Optional[str] = None, base_url: Optional[str] = None, **options: Any) -> AsyncInference:
-    """`AsyncInference(...)`, under the official SDK's factory name."""
-    return AsyncInference(api_key=api_key, base_url=base_url, **options)
+async_inference = AsyncInference  # the official SDK's name for the constructor

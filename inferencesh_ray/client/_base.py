@@ -1,5 +1,5 @@
-"""What the sync and async clients build the same way: requests, the run body, the stream
-handle's state and the official SDK's older method names. Only sending differs between them."""
+"""What the sync and async clients build the same way: requests, the run body and the
+stream handle's state. Only sending differs between them."""
 
 from __future__ import annotations
 
@@ -61,39 +61,3 @@ class StreamHandle:
     def error(self) -> Optional[Exception]:
         """What ended the stream early (a TaskError for a failed task), if anything did."""
         return self._error
-
-
-class ClientSurface:
-    """Configuration and the official SDK's older names (`client.run` is `client.tasks.run`, ...)."""
-
-    tasks: Any
-    files: Any
-    _config: ClientConfig
-
-    @property
-    def base_url(self) -> str:
-        return self._config.base_url
-
-    @property
-    def run(self) -> Any:
-        return self.tasks.run
-
-    @property
-    def get_task(self) -> Any:
-        return self.tasks.get
-
-    @property
-    def cancel(self) -> Any:
-        return self.tasks.cancel
-
-    @property
-    def stream_task(self) -> Any:
-        return self.tasks.stream
-
-    @property
-    def wait_for_completion(self) -> Any:
-        return self.tasks.wait_for_completion
-
-    @property
-    def upload_file(self) -> Any:
-        return self.files.upload

@@ -106,8 +106,8 @@ def file_request(source: UploadSource, options: UploadFileOptions) -> dict[str, 
 def upload_target(data: Any) -> tuple[dict[str, Any], str]:
     """The created file object and the URL to PUT its bytes to, from `POST /files`'s data."""
     created = data[0] if isinstance(data, list) and data else None
-    if not isinstance(created, dict) or not created.get("upload_url"):
-        raise ProtocolError("No upload URL provided by the server: POST /files must answer a list of files with `upload_url`")
+    if not isinstance(created, dict) or not created.get("upload_url") or not created.get("uri"):
+        raise ProtocolError("No upload URL provided by the server: POST /files must answer a list of files with `uri` and `upload_url`")
     return created, created["upload_url"]
 
 
@@ -197,10 +197,13 @@ def download_source(file: Union[str, dict, File]) -> tuple[str, Optional[str]]:
 
 
 def download_target(dest: Union[str, "os.PathLike[str]"], uri: str, filename: Optional[str]) -> Path:
-    """`dest` itself, or a file in it when it is a directory, named after the file (never outside it)."""
+    """`dest` itself, or, when it is a directory (or ends with a slash), a file in it named
+    after the file (never outside it). Missing directories are created."""
     target = Path(dest)
-    if not target.is_dir():
+    if not (target.is_dir() or os.fspath(dest).endswith(("/", os.sep))):
+        target.parent.mkdir(parents=True, exist_ok=True)
         return target
+    target.mkdir(parents=True, exist_ok=True)
     name = os.path.basename(filename or "")
     if not name and not uri.startswith("data:"):
         name = os.path.basename(unquote(urlparse(uri).path))

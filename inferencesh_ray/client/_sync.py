@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Union
 import httpx
 
 from ..files import File
-from ._base import ClientSurface, StreamHandle, client_options, file_url_request, run_body, stream_request
+from ._base import StreamHandle, client_options, file_url_request, run_body, stream_request
 from ._config import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
@@ -302,7 +302,7 @@ class Sessions:
         self._connection.request("DELETE", route("/sessions/{}", session_id))
 
 
-class Inference(ClientSurface):
+class Inference:
     """A client of one inferencesh_ray server (or any server speaking the inference.sh API).
 
     `base_url` (else `INFERENCE_BASE_URL`) is required; `api_key` (else `INFERENCE_API_KEY`)
@@ -325,6 +325,17 @@ class Inference(ClientSurface):
         self.files = Files(self._connection)
         self.tasks = Tasks(self._connection, self.files)
         self.sessions = Sessions(self._connection)
+        # The official SDK's older names for the same calls.
+        self.run = self.tasks.run
+        self.get_task = self.tasks.get
+        self.cancel = self.tasks.cancel
+        self.stream_task = self.tasks.stream
+        self.wait_for_completion = self.tasks.wait_for_completion
+        self.upload_file = self.files.upload
+
+    @property
+    def base_url(self) -> str:
+        return self._config.base_url
 
     def close(self) -> None:
         self._connection.http.close()
@@ -336,6 +347,4 @@ class Inference(ClientSurface):
         self.close()
 
 
-def inference(*, api_key: Optional[str] = None, base_url: Optional[str] = None, **options: Any) -> Inference:
-    """`Inference(...)`, under the official SDK's factory name."""
-    return Inference(api_key=api_key, base_url=base_url, **options)
+inference = Inference  # the official SDK's name for the constructor
