@@ -23,8 +23,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .auth import Auth
 from .catalog import AppCatalog
 from .dispatch import Dispatcher
+from .file_access import FileScope
+from .files_api import files_router
 from .host import Call
-from .problems import ApiProblem, not_found
+from .problems import ApiProblem, invalid_fields, not_found
+from .server_files import ServerFiles
 from .status import TaskStatus
 from .store import stream_view
 
@@ -58,6 +61,7 @@ def create_api(
     catalog: AppCatalog,
     dispatcher: Dispatcher,
     auth: Auth,
+    files: ServerFiles,
     heartbeat_s: float = HEARTBEAT_S,
     resend_idle_s: float = RESEND_IDLE_S,
 ) -> FastAPI:
@@ -72,11 +76,16 @@ def create_api(
     def owner(request: Request) -> str:
         return auth.owner(request.headers.get("authorization"), request.client.host if request.client else None)
 
-    async def run(body: RunRequest, caller: str, ref: Optional[str]) -> JSONResponse:
+    api.include_router(files_router(files, owner))
+
+    async def run(body: RunRequest, request: Request, caller: str, ref: Optional[str]) -> JSONResponse:
         app, function = catalog.resolve(ref, body.function)
         if body.session is not None or body.session_timeout is not None:
             raise ApiProblem(400, "invalid_request", "sessions are not available on this server yet")
         data, setup, setup_key = catalog.validate(app, function, body.input or {}, body.setup)
+        refused = await files.check(app.functions[function]["input_schema"], data, caller)
+        if refused:
+            raise invalid_fields([{"loc": f"input.{error.loc}", "message": error.message} for error in refused])
         fields = {
             "app_id": app.name,
             "app_version_id": app.version,
@@ -85,16 +94,17 @@ def create_api(
             "setup": setup,
         }
         metadata = {"app_id": app.name, "app_version_id": app.version}
-        task = await dispatcher.submit(caller, app.name, Call(function, data, setup, metadata), setup_key, fields)
+        call = Call(function, data, setup, metadata, FileScope(caller, files.base_url(request)))
+        task = await dispatcher.submit(caller, app.name, call, setup_key, fields)
         return envelope(task)
 
     @api.post("/apps/run", summary="Run a function of an app; answers at once with the created task")
-    async def run_app(body: RunRequest, caller: str = Depends(owner)) -> JSONResponse:
-        return await run(body, caller, body.app or body.app_id)
+    async def run_app(body: RunRequest, request: Request, caller: str = Depends(owner)) -> JSONResponse:
+        return await run(body, request, caller, body.app or body.app_id)
 
     @api.post("/v1/apps/{app_id}/run", summary="Run a function of the app named in the path")
-    async def run_app_by_path(app_id: str, body: RunRequest, caller: str = Depends(owner)) -> JSONResponse:
-        return await run(body, caller, app_id)
+    async def run_app_by_path(app_id: str, body: RunRequest, request: Request, caller: str = Depends(owner)) -> JSONResponse:
+        return await run(body, request, caller, app_id)
 
     async def task_or_404(task_id: str, caller: str) -> dict:
         task = await store.get(task_id, caller)

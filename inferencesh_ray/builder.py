@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel, Field, model_validator
 from ray import serve
@@ -23,6 +23,8 @@ from .ingress import Ingress
 from .loader import load_app
 from .replica import AppReplica
 from .schema import functions_schema
+from .server_files import FilesConfig
+from .storage import FileStore, default_root
 
 DATA_DIR_ENV = "INFERENCESH_RAY_DATA_DIR"
 INGRESS_NAME = "ingress"
@@ -50,6 +52,21 @@ class ServeArgs(BaseModel):
         20.0, gt=0, description="A task whose ingress stops renewing its lease this long is ended FAILED"
     )
     api_keys_file: Optional[str] = Field(None, description="File of API keys, one per line (plus $INFERENCESH_RAY_API_KEYS)")
+    storage: Optional[str] = Field(
+        None, description="Storage root URL for files: file:///... or s3://bucket/prefix (default: DATA_DIR/files)"
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options of the storage, e.g. {client_kwargs: {endpoint_url: ...}}"
+    )
+    max_file_bytes: int = Field(1 << 30, gt=0, description="Largest file an upload or an input URL may bring")
+    file_url_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="How long a signed file URL stays valid")
+    allow_remote_urls: bool = Field(False, description="Let file inputs be http(s) URLs of other servers")
+    allow_private_urls: bool = Field(
+        False, description="With allow_remote_urls: also loopback, private and link-local addresses"
+    )
+    public_url: Optional[str] = Field(
+        None, description="This server's URL as clients reach it, for file URLs (default: the URL each request came to)"
+    )
     num_replicas: Optional[int] = Field(
         None, ge=1, description="Replicas of each app's deployment; a config's `deployments:` entry overrides it"
     )
@@ -65,12 +82,27 @@ class ServeArgs(BaseModel):
     def database_path(self) -> str:
         return str(Path(os.path.expanduser(self.database or Path(self.data_dir) / "tasks.sqlite3")).resolve())
 
+    def files_config(self) -> FilesConfig:
+        """The file settings, with the URL-signing key read (or made, once) in the storage."""
+        root = self.storage or default_root(self.data_dir)
+        return FilesConfig(
+            root=root,
+            options=self.storage_options,
+            signing_key=FileStore(root, self.storage_options).signing_key(),
+            url_ttl_s=self.file_url_ttl_s,
+            max_file_bytes=self.max_file_bytes,
+            allow_remote_urls=self.allow_remote_urls,
+            allow_private_urls=self.allow_private_urls,
+            public_url=self.public_url,
+        )
+
 
 def build(args: ServeArgs) -> Application:
     """The Serve application for `args` (Serve validates a config's `args:` into ServeArgs)."""
     if isinstance(args, dict):
         args = ServeArgs.model_validate(args)
     infos, handles = [], {}
+    files = args.files_config()
     for spec in args.apps:
         path = _absolute(spec.path)
         try:
@@ -85,10 +117,10 @@ def build(args: ServeArgs) -> Application:
             raise AppError(f"two apps are named {name!r}; give one a different `name`")
         infos.append({"name": name, "version": spec.version, "schema": functions_schema(discovery)})
         options = {"num_replicas": args.num_replicas} if args.num_replicas else {}
-        handles[name] = serve.deployment(AppReplica, name=name, **options).bind(path, name)
+        handles[name] = serve.deployment(AppReplica, name=name, **options).bind(path, name, files)
     ingress = serve.deployment(Ingress, name=INGRESS_NAME, max_ongoing_requests=1000)
     store = {"database": args.database_path(), "retention_s": args.task_retention_s, "lease_s": args.task_lease_s}
-    return ingress.bind(infos, handles, store, args.api_keys_file)
+    return ingress.bind(infos, handles, store, files, args.api_keys_file)
 
 
 def _absolute(path: str) -> str:

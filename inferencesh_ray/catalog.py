@@ -16,10 +16,12 @@ from jsonschema import Draft202012Validator
 
 from .discovery import DEFAULT_FUNCTION
 from .host import config_key
-from .problems import ApiProblem, not_found
+from .problems import ApiProblem, invalid_fields, not_found
 
 LATEST = "latest"
 _MESSAGE_LIMIT = 240
+_FILE_MARK = "x-infsh-file"
+_FILE_MESSAGE = "expected a file: a URI string (from POST /files, a task output, or data:) or an object with a `uri`"
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,7 @@ class AppCatalog:
         elif not isinstance(setup, dict):
             errors.append({"loc": "setup", "message": "setup must be an object"})
         if errors:
-            fields = "; ".join(f"{e['loc']}: {e['message']}" for e in errors)
-            raise ApiProblem(422, "validation_error", f"invalid request: {fields}", errors=errors)
+            raise invalid_fields(errors)
         if setup_schema is not None:
             setup = {**_defaults(setup_schema), **setup}
         return data, setup, config_key(setup)
@@ -111,7 +112,7 @@ class AppCatalog:
         found = []
         for error in sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path))):
             path = [root, *map(str, error.absolute_path)]
-            message = error.message
+            message = _FILE_MESSAGE if error.schema.get(_FILE_MARK) else error.message
             missing = re.match(r"'(.+)' is a required property", message) if error.validator == "required" else None
             if missing:
                 path.append(missing.group(1))
@@ -132,6 +133,7 @@ def _accept_file_objects(schema: dict) -> dict:
                 node.pop("type", None)
                 node.pop("format", None)
                 node["anyOf"] = [{"type": "string", "minLength": 1}, {"type": "object"}]
+                node[_FILE_MARK] = True
             for child in node.values():
                 visit(child)
         elif isinstance(node, list):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import replace
 from typing import Any, AsyncIterator, Callable, Optional
 
 from .events import Cancelled, Failed, TaskEvent
@@ -52,7 +53,7 @@ class Dispatcher:
         """Create the task (QUEUED) and start it; returns the task as created."""
         self._ensure_heartbeat()
         task = await self.store.create(owner, fields, self.id)
-        call = Call(call.function, call.input, call.setup, {**call.metadata, "task_id": task["id"]})
+        call = replace(call, metadata={**call.metadata, "task_id": task["id"]})
         self._running[task["id"]] = asyncio.create_task(self._drive(task["id"], self._backends[app], call, setup_key))
         return task
 

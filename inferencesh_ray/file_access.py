@@ -3,6 +3,7 @@
 The host calls `fetch` for every file in an input before validation, and `publish`
 for every file in an output after the function returns. `LocalFiles` is the dev loop's
 policy: local paths, `file://`, `data:` and http(s) inputs, outputs left as local paths.
+A server's policy is `server_files.ServerFiles`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import mimetypes
 import os
 import shutil
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 from urllib.parse import unquote, urlparse
 
 
@@ -21,11 +23,19 @@ class FileFetchError(Exception):
     """A file value that cannot be made into a local file; the message says why."""
 
 
+@dataclass(frozen=True)
+class FileScope:
+    """Whose task a file belongs to, and the server URL its client used (for output URLs)."""
+
+    owner: str
+    base_url: str
+
+
 class FileAccess(Protocol):
-    async def fetch(self, value: "str | dict[str, Any]", workdir: Path) -> dict[str, Any]:
+    async def fetch(self, value: "str | dict[str, Any]", workdir: Path, scope: Optional[FileScope] = None) -> dict[str, Any]:
         """A file dict (uri, path, content_type, size, filename) whose `path` is a local file."""
 
-    async def publish(self, value: dict[str, Any]) -> dict[str, Any]:
+    async def publish(self, value: dict[str, Any], scope: Optional[FileScope] = None) -> dict[str, Any]:
         """The file dict a client receives for an output file the app wrote locally."""
 
 
@@ -68,7 +78,7 @@ async def decode_data_uri(uri: str, workdir: Path) -> tuple[str, str]:
 class LocalFiles:
     """The dev loop's files: the developer's own disk and URLs, outputs kept local."""
 
-    async def fetch(self, value: "str | dict[str, Any]", workdir: Path) -> dict[str, Any]:
+    async def fetch(self, value: "str | dict[str, Any]", workdir: Path, scope: Optional[FileScope] = None) -> dict[str, Any]:
         given = as_file_dict(value)
         if given.get("path"):
             return self._local(given["path"], given)
@@ -85,7 +95,7 @@ class LocalFiles:
             raise FileFetchError(f"unsupported URI scheme {scheme!r} in {uri!r}")
         return self._local(uri, {k: v for k, v in given.items() if k != "uri"})
 
-    async def publish(self, value: dict[str, Any]) -> dict[str, Any]:
+    async def publish(self, value: dict[str, Any], scope: Optional[FileScope] = None) -> dict[str, Any]:
         return value
 
     @staticmethod
@@ -110,15 +120,3 @@ class LocalFiles:
                         out.write(chunk)
         return str(path)
 
-
-class ServerFiles(LocalFiles):
-    """A server's files: never its own disk. Inputs are `data:` URIs; outputs stay where the app wrote them."""
-
-    async def fetch(self, value: "str | dict[str, Any]", workdir: Path) -> dict[str, Any]:
-        given = as_file_dict(value)
-        uri = given.get("uri") or ""
-        if urlparse(uri).scheme == "data" and not given.get("path"):
-            return await super().fetch({"uri": uri, **given}, workdir)
-        raise FileFetchError(
-            "this server reads file inputs only from data: URIs; local paths and other URIs are refused"
-        )

@@ -19,6 +19,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -35,7 +36,7 @@ from .app import Metadata
 from .discovery import AppFunction, Discovery, discover
 from .errors import AppCodeError, FieldError, FunctionNotFound, InvalidInput
 from .events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp, TaskEvent, Uploading
-from .file_access import FileAccess, FileFetchError, LocalFiles
+from .file_access import FileAccess, FileFetchError, FileScope, LocalFiles
 from .file_fields import file_slots
 from .loader import load_app
 from .schema import model_schema
@@ -52,6 +53,8 @@ class Call:
     input: dict[str, Any]
     setup: Optional[dict[str, Any]] = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    scope: Optional[FileScope] = None
+    """Whose task this is, for a server's file policy; None in the dev loop."""
 
 
 @dataclass(frozen=True)
@@ -154,11 +157,11 @@ class AppHost:
             with logs.capture(metadata._log_sink):
                 function = self.function(call.function)
                 config = self.setup_config(call.setup)
-                value = await self._prepare_input(function, call.input, workdir)
+                value = await self._prepare_input(function, call, workdir)
                 async with self._instance(config, metadata, emit):
                     emit(Running())
-                    output = await self._call(function, value, metadata, emit)
-                emit(Completed(await self._publish_outputs(function, output, lambda: emit(Uploading()))))
+                    output = await self._call(function, value, metadata, call.scope, emit)
+                emit(Completed(await self._publish_outputs(function, output, call.scope, lambda: emit(Uploading()))))
         except asyncio.CancelledError:
             emit(Cancelled())
             raise
@@ -204,7 +207,9 @@ class AppHost:
             pass
         spec = self.discovery.setup
         args = ([config.value] if spec.takes_config else []) + ([metadata] if spec.takes_metadata else [])
-        await _invoke(self._app.setup, args, "setup")
+        setup = getattr(self._app, "setup", None)
+        if setup is not None:  # apps with no base class may have no setup at all
+            await _invoke(setup, args, "setup")
         self._setup_key = config.key
 
     async def _unload(self) -> None:
@@ -215,7 +220,9 @@ class AppHost:
         if unload is not None:
             await _invoke(unload, [], "unload")
 
-    async def _call(self, function: AppFunction, value: Any, metadata: Metadata, emit: Callable) -> Any:
+    async def _call(
+        self, function: AppFunction, value: Any, metadata: Metadata, scope: Optional[FileScope], emit: Callable
+    ) -> Any:
         method = getattr(self._app, function.name)
         kwargs = {"metadata": metadata} if function.takes_metadata else {}
         if function.call_kind != "generator":
@@ -224,15 +231,16 @@ class AppHost:
         try:
             async for snapshot in method(value, **kwargs):
                 last = snapshot
-                emit(Output(await self._publish_outputs(function, snapshot)))
+                emit(Output(await self._publish_outputs(function, snapshot, scope)))
         except Exception as exc:
             raise AppCodeError(describe(exc), app_traceback(exc)) from exc
         if last is None:
             raise AppCodeError(f"{function.name} yielded no output")
         return last
 
-    async def _prepare_input(self, function: AppFunction, data: Any, workdir: Path) -> Any:
+    async def _prepare_input(self, function: AppFunction, call: Call, workdir: Path) -> Any:
         """Fetch the input's files to local paths, then validate; errors of both kinds are reported together."""
+        data = call.input
         if not isinstance(data, dict):
             raise InvalidInput("input", [FieldError("input", f"expected an object, got {type(data).__name__}")])
         data = copy.deepcopy(data)
@@ -241,7 +249,7 @@ class AppHost:
             slot_dir = workdir / str(index)
             slot_dir.mkdir()
             try:
-                slot.set(await self.files.fetch(slot.value, slot_dir))
+                slot.set(await self.files.fetch(slot.value, slot_dir, call.scope))
             except FileFetchError as exc:
                 errors.append(FieldError(slot.loc, str(exc)))
         try:
@@ -254,7 +262,11 @@ class AppHost:
         return value
 
     async def _publish_outputs(
-        self, function: AppFunction, output: Any, announce: Optional[Callable[[], None]] = None
+        self,
+        function: AppFunction,
+        output: Any,
+        scope: Optional[FileScope],
+        announce: Optional[Callable[[], None]] = None,
     ) -> Any:
         if not isinstance(output, function.output_model):
             raise AppCodeError(
@@ -266,7 +278,9 @@ class AppHost:
         if local and announce is not None:
             announce()
         for slot in local:
-            slot.set(await self.files.publish(slot.value))
+            if not os.path.isfile(slot.value["path"]):
+                raise AppCodeError(f"{function.name} returned a file that does not exist: {slot.loc} = {slot.value['path']}")
+            slot.set(await self.files.publish(slot.value, scope))
         return document
 
 

@@ -18,6 +18,7 @@ from .api import CollapseSlashes, create_api
 from .auth import Auth, load_keys
 from .catalog import AppCatalog, AppInfo
 from .dispatch import Dispatcher, serve_backend
+from .server_files import FilesConfig, ServerFiles
 from .store import TaskStore
 
 NAMESPACE = "inferencesh_ray"
@@ -53,7 +54,7 @@ def task_store_actor(database: str, retention_s: float, lease_s: float) -> Any:
 
 @serve.ingress()
 class Ingress:
-    def __init__(self, apps: list[dict], handles: dict[str, Any], store: dict[str, Any],
+    def __init__(self, apps: list[dict], handles: dict[str, Any], store: dict[str, Any], files: FilesConfig,
                  api_keys_file: str | None = None) -> None:
         self.catalog = AppCatalog([AppInfo(**app) for app in apps])
         self.auth = Auth(load_keys(api_keys_file))
@@ -61,9 +62,10 @@ class Ingress:
             _log.warning("no API keys configured: answering requests from this machine (loopback) only")
         store = RemoteStore(task_store_actor(**store))
         self.dispatcher = Dispatcher(store, {name: serve_backend(handle) for name, handle in handles.items()})
+        self.files = ServerFiles(files)
 
     def __serve_build_asgi_app__(self):
-        return CollapseSlashes(create_api(self.catalog, self.dispatcher, self.auth))
+        return CollapseSlashes(create_api(self.catalog, self.dispatcher, self.auth, self.files))
 
     async def __del__(self) -> None:
         await self.dispatcher.close()

@@ -12,13 +12,13 @@ from typing import AsyncIterator
 from ray import serve
 
 from .events import TaskEvent
-from .file_access import ServerFiles
 from .host import AppHost, Call
+from .server_files import FilesConfig, ServerFiles
 
 
 class AppReplica:
-    def __init__(self, app_path: str, app_name: str) -> None:
-        self.host = AppHost.load(app_path, app_id=app_name, files=ServerFiles())
+    def __init__(self, app_path: str, app_name: str, files: FilesConfig) -> None:
+        self.host = AppHost.load(app_path, app_id=app_name, files=ServerFiles(files))
 
     async def run(self, call: Call) -> AsyncIterator[TaskEvent]:
         await self._warm(serve.get_multiplexed_model_id())

@@ -65,3 +65,30 @@ def ray_serve(tmp_path_factory) -> RayServe:
     yield RayServe(port=port, address=ray.get_runtime_context().gcs_address, events=events)
     serve.shutdown()
     ray.shutdown()
+
+
+@dataclass
+class S3Server:
+    """A real S3-protocol server (moto's) on 127.0.0.1, with one bucket."""
+
+    endpoint: str
+    bucket: str
+
+    @property
+    def storage_options(self) -> dict:
+        return {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "eu-west-1"}}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> S3Server:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    s3 = S3Server(endpoint=f"http://127.0.0.1:{port}", bucket="infsh-test")
+    import s3fs
+
+    s3fs.S3FileSystem(**s3.storage_options).mkdir(s3.bucket)
+    yield s3
+    server.stop()

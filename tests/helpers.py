@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import httpx
+
 from inferencesh_ray.events import TERMINAL_EVENTS
 from inferencesh_ray.host import AppHost, Call
 
@@ -20,3 +25,51 @@ def host_backend(host: AppHost):
             yield event
 
     return run
+
+
+def local_files(root, **options) -> "ServerFiles":
+    """A server's file policy over a local directory, with a fixed signing key."""
+    from inferencesh_ray.server_files import FilesConfig, ServerFiles
+
+    return ServerFiles(FilesConfig(root=Path(root).resolve().as_uri(), signing_key=b"test-key", **options))
+
+
+def run_api(app_path, tmp_path, body, keys=(), files=None, **api_options):
+    """Run `await body(client)` against the real HTTP API of one app, in-process (no Ray), in one event loop."""
+    from inferencesh_ray.api import CollapseSlashes, create_api
+    from inferencesh_ray.auth import Auth
+    from inferencesh_ray.catalog import AppCatalog, AppInfo
+    from inferencesh_ray.dispatch import Dispatcher
+    from inferencesh_ray.loader import load_app
+    from inferencesh_ray.schema import functions_schema
+    from inferencesh_ray.store import TaskStore
+
+    loaded = load_app(str(app_path))
+    files = files or local_files(tmp_path / "files")
+    host = AppHost(loaded.app_cls, app_id=loaded.name, files=files)
+    catalog = AppCatalog([AppInfo(name=loaded.name, schema=functions_schema(host.discovery))])
+
+    async def main():
+        store = TaskStore(str(tmp_path / "tasks.sqlite3"))
+        dispatcher = Dispatcher(store, {loaded.name: host_backend(host)})
+        api = CollapseSlashes(create_api(catalog, dispatcher, Auth(list(keys)), files, **api_options))
+        transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            try:
+                return await body(client)
+            finally:
+                await dispatcher.close()
+
+    return asyncio.run(main())
+
+
+async def wait_terminal(client, task_id, headers=None, tries=300):
+    """Poll `GET /tasks/{id}` (every 20 ms) until the task is terminal; return it."""
+    from inferencesh_ray.status import TaskStatus
+
+    for _ in range(tries):
+        task = (await client.get(f"/tasks/{task_id}", headers=headers)).json()["data"]
+        if TaskStatus(task["status"]).is_terminal:
+            return task
+        await asyncio.sleep(0.02)
+    raise AssertionError("task never finished")

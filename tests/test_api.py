@@ -7,46 +7,15 @@ import json
 
 import httpx
 import pytest
-from helpers import host_backend
+from helpers import run_api, wait_terminal
 
-from inferencesh_ray.api import CollapseSlashes, create_api
 from inferencesh_ray.auth import Auth
-from inferencesh_ray.catalog import AppCatalog, AppInfo
-from inferencesh_ray.dispatch import Dispatcher
-from inferencesh_ray.host import AppHost
-from inferencesh_ray.loader import load_app
-from inferencesh_ray.schema import functions_schema
 from inferencesh_ray.status import TaskStatus
-from inferencesh_ray.store import TaskStore
 
 
 def scenario(apps, tmp_path, body, keys=()):
-    """Run `body(client)` against a fresh server in one event loop."""
-    loaded = load_app(str(apps / "counting.py"))
-    host = AppHost(loaded.app_cls, app_id="counting")
-    catalog = AppCatalog([AppInfo(name="counting", schema=functions_schema(host.discovery))])
-
-    async def main():
-        store = TaskStore(str(tmp_path / "tasks.sqlite3"))
-        dispatcher = Dispatcher(store, {"counting": host_backend(host)})
-        api = CollapseSlashes(create_api(catalog, dispatcher, Auth(list(keys)), heartbeat_s=0.1, resend_idle_s=0.5))
-        transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 5000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            try:
-                return await body(client)
-            finally:
-                await dispatcher.close()
-
-    return asyncio.run(main())
-
-
-async def wait_terminal(client, task_id, headers=None):
-    for _ in range(200):
-        task = (await client.get(f"/tasks/{task_id}", headers=headers)).json()["data"]
-        if TaskStatus(task["status"]).is_terminal:
-            return task
-        await asyncio.sleep(0.02)
-    raise AssertionError("task never finished")
+    """Run `body(client)` against a fresh server of the counting app in one event loop."""
+    return run_api(apps / "counting.py", tmp_path, body, keys, heartbeat_s=0.1, resend_idle_s=0.5)
 
 
 def test_run_get_and_envelope(apps, tmp_path):
@@ -140,23 +109,18 @@ def test_stream_is_ndjson_snapshot_changes_and_terminal(apps, tmp_path):
 
 def test_quiet_stream_sends_heartbeats_and_resends_the_task(apps, tmp_path):
     async def body(client):
-        task = (await client.post("/apps/run", json={"app": "counting:slow", "input": {"text": "q"}})).json()["data"]
-        lines = []
+        run = {"app": "counting:blocking", "input": {"text": "q", "times": 7}}  # 1.4 s without a change
+        task = (await client.post("/apps/run", json=run)).json()["data"]
         async with client.stream("GET", f"/tasks/{task['id']}/stream") as response:
-            started = asyncio.get_running_loop().time()
-            async for line in response.aiter_lines():
-                lines.append(json.loads(line))
-                if asyncio.get_running_loop().time() - started > 1.3:
-                    break
-        await client.post(f"/tasks/{task['id']}/cancel")
-        return lines
+            return [json.loads(line) async for line in response.aiter_lines() if line]
 
     lines = scenario(apps, tmp_path, body)
-    heartbeats = [line for line in lines if line.get("type") == "heartbeat"]
+    heartbeats = [line for line in lines if line == {"type": "heartbeat"}]
     tasks = [line for line in lines if "status" in line]
     assert len(heartbeats) >= 5, lines
     # The running task, re-sent whole every 0.5 s of silence, so the official client's 30 s idle rule never fires.
     assert len([t for t in tasks if t["status"] == TaskStatus.RUNNING]) >= 2, tasks
+    assert tasks[-1]["status"] == TaskStatus.COMPLETED
 
 
 def test_cancel_running_and_finished(apps, tmp_path):

@@ -270,25 +270,33 @@ def test_host_close_runs_unload(counting):
 
 
 def test_server_files_never_read_the_servers_disk(apps, tmp_path):
-    from inferencesh_ray.file_access import ServerFiles
+    """The replica's own check, behind the ingress's: a server host refuses paths whoever calls it."""
+    from helpers import local_files
+
+    from inferencesh_ray.file_access import FileScope
 
     secret = tmp_path / "secret.txt"
     secret.write_text("do not read")
     loaded = load_app(str(apps / "schema_app.py"))
     data_uri = "data:text/plain;base64," + base64.b64encode(b"fine").decode()
+    scope = FileScope(owner="me", base_url="http://server")
 
     async def scenario():
-        host = AppHost(loaded.app_cls, files=ServerFiles())
+        host = AppHost(loaded.app_cls, files=local_files(tmp_path / "store"))
         results = []
         for value in [str(secret), f"file://{secret}", {"path": str(secret)}, {"uri": data_uri, "path": str(secret)}]:
-            results.append((await events_of(host, Call("run", {"zeta": "z", "image": value})))[-1])
-        results.append((await events_of(host, Call("run", {"zeta": "z", "image": data_uri})))[-1])
+            results.append((await events_of(host, Call("run", {"zeta": "z", "image": value}, scope=scope)))[-1])
+        results.append((await events_of(host, Call("run", {"zeta": "z", "image": data_uri})))[-1])  # no owner
+        results.append((await events_of(host, Call("run", {"zeta": "z", "image": data_uri}, scope=scope)))[-1])
         return results
 
     *refused, allowed = asyncio.run(scenario())
     for event in refused:
-        assert isinstance(event, Failed) and "local paths and other URIs are refused" in event.error
-    assert isinstance(allowed, Completed) and allowed.output["files"][0]["size"] == 4
+        assert isinstance(event, Failed) and event.error.startswith("invalid input: image:"), event
+        assert "do not read" not in event.error
+    assert isinstance(allowed, Completed), allowed
+    assert allowed.output["files"][0]["size"] == 4 and allowed.output["files"][0]["uri"].startswith("http://server/files/")
+
 
 
 def test_cancel_of_a_sync_function_stops_waiting_and_drops_its_result(counting):
@@ -307,3 +315,17 @@ def test_cancel_of_a_sync_function_stops_waiting_and_drops_its_result(counting):
     assert "blocking:end:s" in lifecycle
     assert not any(isinstance(event, Completed) for event in seen)
     assert after == Completed({"text": "next", "mode": "a"})
+
+
+def test_an_app_with_no_base_class_and_no_setup_runs(apps):
+    loaded = load_app(str(apps / "file_app.py"))
+
+    async def scenario():
+        host = AppHost(loaded.app_cls)
+        data_uri = "data:text/plain;base64," + base64.b64encode(b"hi").decode()
+        events = await events_of(host, Call("inspect", {"image": data_uri}))
+        await host.close()
+        return events[-1]
+
+    done = asyncio.run(scenario())
+    assert isinstance(done, Completed) and done.output["sizes"] == [2]
