@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--replicas", type=int, help="replicas of the app's deployment (default 1)")
     serve.add_argument("--address", help="join this Ray cluster instead of starting a local one")
-    serve.add_argument("--data-dir", help="where the task database lives (default ~/.inferencesh_ray)")
+    serve.add_argument("--data-dir", help="where tasks (and, by default, files) live (default ~/.inferencesh_ray)")
+    serve.add_argument("--storage", help="storage root URL for files: file:///... or s3://bucket/prefix (default DATA_DIR/files)")
     serve.add_argument("--api-keys-file", help="file of API keys, one per line (or set INFERENCESH_RAY_API_KEYS)")
     serve.set_defaults(handler=_serve)
 
@@ -117,7 +118,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise UsageError("--replicas must be at least 1")
     if Path(args.target).suffix in (".yaml", ".yml"):
         given = [flag for flag, value in [("--name", args.name), ("--replicas", args.replicas),
-                 ("--data-dir", args.data_dir), ("--api-keys-file", args.api_keys_file)] if value is not None]
+                 ("--data-dir", args.data_dir), ("--storage", args.storage), ("--api-keys-file", args.api_keys_file)]
+                 if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)} apply to an app path; with a config file, set them in its `args:`")
     return serve_forever(
@@ -128,6 +130,7 @@ def _serve(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         address=args.address,
         data_dir=args.data_dir,
+        storage=args.storage,
         api_keys_file=args.api_keys_file,
     )
 

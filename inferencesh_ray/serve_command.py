@@ -22,6 +22,7 @@ def serve_forever(
     replicas: Optional[int],
     address: Optional[str],
     data_dir: Optional[str],
+    storage: Optional[str],
     api_keys_file: Optional[str],
 ) -> int:
     keys = load_keys(api_keys_file)
@@ -50,7 +51,7 @@ def serve_forever(
         if is_config:
             names = _deploy_config(Path(target), host, port)
         else:
-            names = [_deploy_path(target, name, host, port, replicas, data_dir, api_keys_file)]
+            names = [_deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file)]
         if not _wait_running(names, stop):
             return 1
         _say(f"serving {', '.join(names)} at http://{host}:{port} (API docs: /docs); Ctrl-C to stop")
@@ -79,12 +80,12 @@ def _check_app(target: str) -> None:
         raise AppError(f"cannot serve {target}: no functions found (run `infsh-ray app validate --verbose`)")
 
 
-def _deploy_path(target, name, host, port, replicas, data_dir, api_keys_file) -> str:
+def _deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file) -> str:
     from ray import serve
 
     from .builder import ServeArgs, build
 
-    args = ServeArgs(path=target, name=name, num_replicas=replicas, api_keys_file=api_keys_file,
+    args = ServeArgs(path=target, name=name, num_replicas=replicas, api_keys_file=api_keys_file, storage=storage,
                      **({"data_dir": data_dir} if data_dir else {}))
     app_name = args.apps[0].name or _default_name(target)
     serve.start(http_options={"host": host, "port": port})
