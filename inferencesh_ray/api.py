@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from typing import Any, AsyncIterator, Optional
 
 from fastapi import Depends, FastAPI, Request
@@ -28,6 +29,7 @@ from .files_api import files_router
 from .host import Call
 from .problems import ApiProblem, invalid_fields, not_found
 from .server_files import ServerFiles
+from .sessions_api import Sessions
 from .status import TaskStatus
 from .store import stream_view
 
@@ -62,6 +64,7 @@ def create_api(
     dispatcher: Dispatcher,
     auth: Auth,
     files: ServerFiles,
+    sessions: Sessions,
     heartbeat_s: float = HEARTBEAT_S,
     resend_idle_s: float = RESEND_IDLE_S,
 ) -> FastAPI:
@@ -77,11 +80,10 @@ def create_api(
         return auth.owner(request.headers.get("authorization"), request.client.host if request.client else None)
 
     api.include_router(files_router(files, owner))
+    api.include_router(sessions.router(owner))
 
     async def run(body: RunRequest, request: Request, caller: str, ref: Optional[str]) -> JSONResponse:
         app, function = catalog.resolve(ref, body.function)
-        if body.session is not None or body.session_timeout is not None:
-            raise ApiProblem(400, "invalid_request", "sessions are not available on this server yet")
         data, setup, setup_key = catalog.validate(app, function, body.input or {}, body.setup)
         refused = await files.check(app.functions[function]["input_schema"], data, caller)
         if refused:
@@ -95,7 +97,12 @@ def create_api(
         }
         metadata = {"app_id": app.name, "app_version_id": app.version}
         call = Call(function, data, setup, metadata, FileScope(caller, files.base_url(request)))
-        task = await dispatcher.submit(caller, app.name, call, setup_key, fields)
+        task_id, backend = uuid.uuid4().hex, dispatcher.backend(app.name)
+        if body.session is not None or body.session_timeout is not None:
+            admitted = await sessions.admit(caller, app, body.session, body.session_timeout, task_id)
+            fields.update(session_id=admitted.session_id, session_timeout=admitted.idle_timeout)
+            backend = admitted.backend
+        task = await dispatcher.submit(caller, backend, call, setup_key, fields, task_id)
         return envelope(task)
 
     @api.post("/apps/run", summary="Run a function of an app; answers at once with the created task")

@@ -67,6 +67,7 @@ class ServeArgs(BaseModel):
     public_url: Optional[str] = Field(
         None, description="This server's URL as clients reach it, for file URLs (default: the URL each request came to)"
     )
+    max_sessions: int = Field(32, ge=1, description="Live sessions at most (each holds a worker); more get 429")
     num_replicas: Optional[int] = Field(
         None, ge=1, description="Replicas of each app's deployment; a config's `deployments:` entry overrides it"
     )
@@ -115,12 +116,13 @@ def build(args: ServeArgs) -> Application:
             raise AppError(f"cannot serve {spec.path}: no functions found (run `infsh-ray app validate --verbose`)")
         if name in handles:
             raise AppError(f"two apps are named {name!r}; give one a different `name`")
-        infos.append({"name": name, "version": spec.version, "schema": functions_schema(discovery)})
+        infos.append({"name": name, "version": spec.version, "schema": functions_schema(discovery), "path": path})
         options = {"num_replicas": args.num_replicas} if args.num_replicas else {}
         handles[name] = serve.deployment(AppReplica, name=name, **options).bind(path, name, files)
     ingress = serve.deployment(Ingress, name=INGRESS_NAME, max_ongoing_requests=1000)
-    store = {"database": args.database_path(), "retention_s": args.task_retention_s, "lease_s": args.task_lease_s}
-    return ingress.bind(infos, handles, store, files, args.api_keys_file)
+    state = {"database": args.database_path(), "retention_s": args.task_retention_s, "lease_s": args.task_lease_s,
+             "max_sessions": args.max_sessions}
+    return ingress.bind(infos, handles, state, files, args.api_keys_file)
 
 
 def _absolute(path: str) -> str:

@@ -29,6 +29,8 @@ class AppInfo:
     name: str
     schema: dict[str, Any]
     version: str = LATEST
+    path: str = ""
+    """Where the app's code is (app directory, .py file or module), for session workers."""
 
     @property
     def functions(self) -> dict[str, dict[str, Any]]:

@@ -49,12 +49,19 @@ class Dispatcher:
         self._heartbeat: Optional[asyncio.Task] = None
         self._closing = False
 
-    async def submit(self, owner: str, app: str, call: Call, setup_key: str, fields: dict[str, Any]) -> dict:
-        """Create the task (QUEUED) and start it; returns the task as created."""
+    def backend(self, app: str) -> Backend:
+        """The app's deployment (a session's worker is another backend)."""
+        return self._backends[app]
+
+    async def submit(
+        self, owner: str, backend: Backend, call: Call, setup_key: str, fields: dict[str, Any],
+        task_id: Optional[str] = None,
+    ) -> dict:
+        """Create the task (QUEUED) and start it on `backend`; returns the task as created."""
         self._ensure_heartbeat()
-        task = await self.store.create(owner, fields, self.id)
+        task = await self.store.create(owner, fields, self.id, task_id)
         call = replace(call, metadata={**call.metadata, "task_id": task["id"]})
-        self._running[task["id"]] = asyncio.create_task(self._drive(task["id"], self._backends[app], call, setup_key))
+        self._running[task["id"]] = asyncio.create_task(self._drive(task["id"], backend, call, setup_key))
         return task
 
     async def cancel(self, task_id: str, owner: str) -> Optional[dict]:

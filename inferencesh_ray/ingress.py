@@ -1,8 +1,8 @@
 """The ingress deployment: the public HTTP API as a Serve deployment with FastAPI.
 
-It connects to the task store actor (one per database, shared by every ingress
-replica, found again by name after a restart) and dispatches tasks to the app
-deployments through their handles.
+It connects to the task store and the session registry (named actors, one of each per
+database, shared by every ingress replica, found again by name after a restart) and
+dispatches tasks to the app deployments through their handles, or to session workers.
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ from .auth import Auth, load_keys
 from .catalog import AppCatalog, AppInfo
 from .dispatch import Dispatcher, serve_backend
 from .server_files import FilesConfig, ServerFiles
+from .session_worker import RayWorkers, WorkerSpec, call_worker
+from .sessions import SessionRegistry
+from .sessions_api import Sessions
 from .store import TaskStore
 
 NAMESPACE = "inferencesh_ray"
 _log = logging.getLogger("ray.serve")
 
 
-class RemoteStore:
-    """The task store actor, with methods that return awaitables like the in-process store's."""
+class RemoteActor:
+    """An actor whose methods return awaitables, like those of the in-process object it hosts."""
 
     def __init__(self, actor: Any) -> None:
         self._actor = actor
@@ -36,11 +39,10 @@ class RemoteStore:
         return lambda *args: method.remote(*args)
 
 
-def task_store_actor(database: str, retention_s: float, lease_s: float) -> Any:
-    """The store actor for this database: created once, found by name afterwards, restarted if it dies."""
-    name = "tasks-" + hashlib.sha1(database.encode()).hexdigest()[:12]
-    actor_cls = ray.remote(TaskStore).options(
-        name=name,
+def named_actor(cls: type, kind: str, database: str, *args: Any, **kwargs: Any) -> RemoteActor:
+    """The `kind` actor of this database: created once, found by name afterwards, restarted if it dies."""
+    actor_cls = ray.remote(cls).options(
+        name=f"{kind}-" + hashlib.sha1(database.encode()).hexdigest()[:12],
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
@@ -49,23 +51,35 @@ def task_store_actor(database: str, retention_s: float, lease_s: float) -> Any:
         num_cpus=0,
         max_concurrency=10_000,
     )
-    return actor_cls.remote(database, retention_s=retention_s, lease_s=lease_s)
+    return RemoteActor(actor_cls.remote(database, *args, **kwargs))
 
 
 @serve.ingress()
 class Ingress:
-    def __init__(self, apps: list[dict], handles: dict[str, Any], store: dict[str, Any], files: FilesConfig,
+    def __init__(self, apps: list[dict], handles: dict[str, Any], state: dict[str, Any], files: FilesConfig,
                  api_keys_file: str | None = None) -> None:
         self.catalog = AppCatalog([AppInfo(**app) for app in apps])
         self.auth = Auth(load_keys(api_keys_file))
         if self.auth.open:
             _log.warning("no API keys configured: answering requests from this machine (loopback) only")
-        store = RemoteStore(task_store_actor(**store))
+        database = state["database"]
+        store = named_actor(TaskStore, "tasks", database, retention_s=state["retention_s"], lease_s=state["lease_s"])
         self.dispatcher = Dispatcher(store, {name: serve_backend(handle) for name, handle in handles.items()})
         self.files = ServerFiles(files)
+        registry = named_actor(SessionRegistry, "sessions", database, RayWorkers(), limit=state["max_sessions"])
+        self.sessions = Sessions(registry, call_worker, self._worker_spec)
+        self._handles = handles
+        self._specs: dict[str, WorkerSpec] = {}
+
+    async def _worker_spec(self, app: AppInfo) -> WorkerSpec:
+        """A session worker for `app`: its code, files and the resources of its deployment's replicas."""
+        if app.name not in self._specs:
+            options = await self._handles[app.name].actor_options.remote()
+            self._specs[app.name] = WorkerSpec(app.name, app.path, self.files.config, options)
+        return self._specs[app.name]
 
     def __serve_build_asgi_app__(self):
-        return CollapseSlashes(create_api(self.catalog, self.dispatcher, self.auth, self.files))
+        return CollapseSlashes(create_api(self.catalog, self.dispatcher, self.auth, self.files, self.sessions))
 
     async def __del__(self) -> None:
         await self.dispatcher.close()

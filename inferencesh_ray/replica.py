@@ -14,6 +14,7 @@ from ray import serve
 from .events import TaskEvent
 from .host import AppHost, Call
 from .server_files import FilesConfig, ServerFiles
+from .session_worker import replica_actor_options
 
 
 class AppReplica:
@@ -24,6 +25,10 @@ class AppReplica:
         await self._warm(serve.get_multiplexed_model_id())
         async for event in self.host.run(call):
             yield event
+
+    def actor_options(self) -> dict:
+        """This replica's resources and runtime env: a session of this app gets the same."""
+        return replica_actor_options()
 
     @serve.multiplexed(max_num_models_per_replica=1)
     async def _warm(self, setup_key: str) -> str:

@@ -81,11 +81,13 @@ class TaskStore:
 
     # -- creating and reading -------------------------------------------------
 
-    async def create(self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None) -> dict[str, Any]:
+    async def create(
+        self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None, task_id: Optional[str] = None
+    ) -> dict[str, Any]:
         """Record a new task, QUEUED, and return it."""
         stamp = time.time()
         task = {
-            "id": uuid.uuid4().hex,
+            "id": task_id or uuid.uuid4().hex,
             "created_at": now_iso(stamp),
             "updated_at": now_iso(stamp),
             "status": int(TaskStatus.QUEUED),

@@ -34,7 +34,52 @@ def local_files(root, **options) -> "ServerFiles":
     return ServerFiles(FilesConfig(root=Path(root).resolve().as_uri(), signing_key=b"test-key", **options))
 
 
-def run_api(app_path, tmp_path, body, keys=(), files=None, **api_options):
+class LocalWorkers:
+    """Session workers as in-process app hosts: what the Ray actors do, without Ray."""
+
+    def __init__(self) -> None:
+        self.hosts: dict = {}
+        self._turns: dict = {}
+        self._calls: dict = {}
+
+    async def start(self, session_id, spec) -> str:
+        from inferencesh_ray.server_files import ServerFiles
+
+        self.hosts[session_id] = AppHost.load(spec.path, app_id=spec.app, files=ServerFiles(spec.files))
+        self._turns[session_id] = asyncio.Lock()
+        self._calls[session_id] = set()
+        return f"local-{session_id}"
+
+    async def release(self, session_id) -> None:
+        host = self.hosts.pop(session_id, None)
+        calls = self._calls.pop(session_id, set())
+        for task in calls:
+            task.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        if host is not None:
+            await host.close()
+
+    async def call(self, session_id, call):
+        from inferencesh_ray.events import Cancelled
+        from inferencesh_ray.sessions_api import WorkerLost
+
+        host = self.hosts.get(session_id)
+        if host is None:
+            raise WorkerLost("its host is gone")
+        self._calls[session_id].add(asyncio.current_task())
+        try:
+            async with self._turns[session_id]:
+                async for event in host.run(call):
+                    yield event
+        except asyncio.CancelledError:
+            if session_id in self.hosts:
+                raise  # the task itself was cancelled
+            yield Cancelled("the session ended")
+        finally:
+            self._calls.get(session_id, set()).discard(asyncio.current_task())
+
+
+def run_api(app_path, tmp_path, body, keys=(), files=None, session_limit=4, **api_options):
     """Run `await body(client)` against the real HTTP API of one app, in-process (no Ray), in one event loop."""
     from inferencesh_ray.api import CollapseSlashes, create_api
     from inferencesh_ray.auth import Auth
@@ -42,19 +87,31 @@ def run_api(app_path, tmp_path, body, keys=(), files=None, **api_options):
     from inferencesh_ray.dispatch import Dispatcher
     from inferencesh_ray.loader import load_app
     from inferencesh_ray.schema import functions_schema
+    from inferencesh_ray.session_worker import WorkerSpec
+    from inferencesh_ray.sessions import SessionRegistry
+    from inferencesh_ray.sessions_api import Sessions
     from inferencesh_ray.store import TaskStore
 
     loaded = load_app(str(app_path))
     files = files or local_files(tmp_path / "files")
     host = AppHost(loaded.app_cls, app_id=loaded.name, files=files)
-    catalog = AppCatalog([AppInfo(name=loaded.name, schema=functions_schema(host.discovery))])
+    info = AppInfo(name=loaded.name, schema=functions_schema(host.discovery), path=str(app_path))
+    catalog = AppCatalog([info])
 
     async def main():
         store = TaskStore(str(tmp_path / "tasks.sqlite3"))
         dispatcher = Dispatcher(store, {loaded.name: host_backend(host)})
-        api = CollapseSlashes(create_api(catalog, dispatcher, Auth(list(keys)), files, **api_options))
+        workers = LocalWorkers()
+        registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), workers, limit=session_limit, reap_every_s=0.05)
+
+        async def spec(app):
+            return WorkerSpec(app.name, app.path, files.config)
+
+        sessions = Sessions(registry, workers.call, spec)
+        api = CollapseSlashes(create_api(catalog, dispatcher, Auth(list(keys)), files, sessions, **api_options))
         transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 5000))
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            client.workers = workers
             try:
                 return await body(client)
             finally:

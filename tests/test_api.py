@@ -62,7 +62,11 @@ def test_function_precedence_and_path_form(apps, tmp_path):
         ({"app": "counting", "input": {"text": "x"}, "setup": {"mode": "z"}}, 422, "validation_error", ["setup.mode"]),
         ({"app": "counting", "input": [1, 2]}, 422, "validation_error", ["input"]),
         ({"input": {}}, 400, "invalid_request", ["name the app"]),
-        ({"app": "counting", "input": {"text": "x"}, "session": "new"}, 400, "invalid_request", ["sessions"]),
+        ({"app": "counting", "input": {"text": "x"}, "session_timeout": 30}, 400, "invalid_request",
+         ["session_timeout is only valid with session"]),
+        ({"app": "counting", "input": {"text": "x"}, "session": "new", "session_timeout": 0}, 400, "invalid_request",
+         ["session_timeout must be 1-3600 seconds, got 0"]),
+        ({"app": "counting", "input": {"text": "x"}, "session": "nope"}, 404, "SESSION_NOT_FOUND", ["no session 'nope'"]),
     ],
 )
 def test_bad_requests_get_problem_json_and_create_nothing(apps, tmp_path, request_body, status, code, phrases):

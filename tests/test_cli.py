@@ -31,6 +31,7 @@ def test_validate_lists_functions_and_verbose_rules(apps):
 
 def test_default_path_is_inference_py_in_cwd(tmp_path, apps):
     (tmp_path / "inference.py").write_text((apps / "counting.py").read_text())
+    (tmp_path / "lifecycle.py").write_text((apps / "lifecycle.py").read_text())  # imported beside it
     result = cli("app", "validate", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"app {tmp_path.name.replace('_', '-')!r}" in result.stdout

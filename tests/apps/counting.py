@@ -1,24 +1,13 @@
 """A test app that records every lifecycle call, to check setup/unload order and counts."""
 
 import asyncio
-import os
 import time
 from typing import AsyncGenerator, Literal
 
+from lifecycle import EVENTS, record  # noqa: F401  (tests read EVENTS)
 from pydantic import BaseModel, Field
 
 from inferencesh_ray import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, Metadata
-
-EVENTS: list[str] = []
-
-
-def record(event: str) -> None:
-    """Note a lifecycle event; on Ray, replicas append to the file $INFSH_TEST_EVENTS names."""
-    EVENTS.append(event)
-    path = os.environ.get("INFSH_TEST_EVENTS")
-    if path:
-        with open(path, "a") as handle:
-            handle.write(f"{os.getpid()} {event}\n")
 
 
 class AppSetup(BaseAppSetup):

@@ -1,0 +1,147 @@
+"""A session's worker on Ray: one named, detached actor hosting one app instance.
+
+It runs the app through the same app host as the Serve replicas, with the resources of
+the app's deployment (num_cpus, num_gpus, custom resources, runtime env, read from a
+replica). Being named and detached, it outlives the ingress replica that started it,
+which finds it again by the session id. Calls run one at a time, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import ray
+
+from .events import Cancelled, TaskEvent
+from .host import AppHost, Call
+from .server_files import FilesConfig, ServerFiles
+from .sessions_api import WorkerLost
+
+NAMESPACE = "inferencesh_ray"
+_RELEASE_TIMEOUT_S = 30.0
+_START_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    app: str
+    path: str
+    files: FilesConfig
+    options: dict[str, Any] = field(default_factory=dict)
+    """Ray actor options: those of the app deployment's replicas."""
+
+
+def worker_name(session_id: str) -> str:
+    return f"session-{session_id}"
+
+
+class SessionWorker:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.host = AppHost.load(spec.path, app_id=spec.app, files=ServerFiles(spec.files))
+        self._turn = asyncio.Lock()  # FIFO: calls run one at a time, in the order they came
+        self._calls: set[asyncio.Task] = set()
+
+    def ready(self) -> bool:
+        return True
+
+    async def run(self, call: Call) -> AsyncIterator[TaskEvent]:
+        self._calls.add(asyncio.current_task())
+        try:
+            async with self._turn:
+                async for event in self.host.run(call):
+                    yield event
+        finally:
+            self._calls.discard(asyncio.current_task())
+
+    async def close(self) -> None:
+        """Cancel the calls running or waiting, then unload the app."""
+        for task in list(self._calls):
+            task.cancel()
+        await asyncio.gather(*self._calls, return_exceptions=True)
+        await self.host.close()
+
+
+class RayWorkers:
+    """Session workers as Ray actors (the `Workers` of a registry running on Ray)."""
+
+    async def start(self, session_id: str, spec: WorkerSpec) -> str:
+        actor = ray.remote(SessionWorker).options(
+            name=worker_name(session_id),
+            namespace=NAMESPACE,
+            lifetime="detached",
+            max_restarts=0,
+            max_concurrency=1000,
+            **spec.options,
+        ).remote(spec)
+        try:
+            # Ready means imported: a broken app fails here, and a worker with no room to start is given up
+            # on in time for the client's 30 s request timeout.
+            await asyncio.wait_for(actor.ready.remote(), _START_TIMEOUT_S)
+        except BaseException:
+            ray.kill(actor)
+            raise
+        return worker_name(session_id)
+
+    async def release(self, session_id: str) -> None:
+        try:
+            actor = ray.get_actor(worker_name(session_id), namespace=NAMESPACE)
+        except ValueError:
+            return  # already gone
+        try:
+            await asyncio.wait_for(actor.close.remote(), _RELEASE_TIMEOUT_S)
+        except Exception:  # dead, or stuck in unload: it goes either way
+            pass
+        ray.kill(actor)
+
+
+# Actor handles by session, so a call costs no name lookup in the GCS (a blocking round trip).
+_handles: "OrderedDict[str, Any]" = OrderedDict()
+_HANDLES_KEPT = 1024
+
+
+def _worker(session_id: str) -> Any:
+    if session_id in _handles:
+        _handles.move_to_end(session_id)
+        return _handles[session_id]
+    try:
+        actor = ray.get_actor(worker_name(session_id), namespace=NAMESPACE)
+    except ValueError as exc:
+        raise WorkerLost("its actor no longer exists") from exc
+    _handles[session_id] = actor
+    if len(_handles) > _HANDLES_KEPT:
+        _handles.popitem(last=False)
+    return actor
+
+
+async def call_worker(session_id: str, call: Call) -> AsyncIterator[TaskEvent]:
+    """Run a call on a session's worker, from an ingress replica."""
+    stream = _worker(session_id).run.options(num_returns="streaming").remote(call)
+    try:
+        async for ref in stream:
+            yield await ref
+    except ray.exceptions.TaskCancelledError:
+        yield Cancelled("the session ended")
+    except ray.exceptions.RayActorError as exc:
+        _handles.pop(session_id, None)
+        raise WorkerLost(str(exc).splitlines()[0]) from exc
+    finally:
+        ray.cancel(stream)  # a no-op once it has finished; stops the worker's call when we stop early
+
+
+def replica_actor_options() -> dict[str, Any]:
+    """This actor's resources and runtime env, as Ray actor options (a replica's, for its sessions)."""
+    context = ray.get_runtime_context()
+    resources = dict(context.get_assigned_resources())
+    options: dict[str, Any] = {"num_cpus": resources.pop("CPU", 0), "num_gpus": resources.pop("GPU", 0)}
+    if "memory" in resources:
+        options["memory"] = resources.pop("memory")
+    custom = {name: amount for name, amount in resources.items() if "_group_" not in name}
+    if custom:
+        options["resources"] = custom
+    runtime_env = dict(context.runtime_env or {})
+    if runtime_env:
+        options["runtime_env"] = runtime_env
+    return options

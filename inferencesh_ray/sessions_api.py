@@ -1,0 +1,132 @@
+"""The ingress side of sessions: admit a call into a session, route it to the session's
+worker, and the `/sessions` endpoints the official SDK uses.
+
+Errors use the SDK's session codes: 404 `SESSION_NOT_FOUND` (unknown, or another key's),
+410 `SESSION_EXPIRED` / `SESSION_ENDED`, 409 `APP_MISMATCH`, 429 past the limit of live
+sessions. A call never silently runs on a fresh instance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+
+from fastapi import APIRouter, Depends
+from starlette.responses import JSONResponse
+
+from .catalog import AppInfo
+from .dispatch import Backend
+from .events import Completed, Failed, TaskEvent
+from .host import Call
+from .problems import ApiProblem
+from .sessions import ACTIVE, DEFAULT_IDLE_TIMEOUT_S, EXPIRED, MAX_IDLE_TIMEOUT_S, MIN_IDLE_TIMEOUT_S
+
+
+class WorkerLost(Exception):
+    """The session's worker is gone (its process died or its node was lost)."""
+
+
+# Runs one call on a session's worker: (session id, call) -> the app host's events.
+WorkerCall = Callable[[str, Call], AsyncIterator[TaskEvent]]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    session_id: str
+    idle_timeout: int
+    backend: Backend
+
+
+class Sessions:
+    def __init__(self, registry: Any, call_worker: WorkerCall, worker_spec: Callable[[AppInfo], Awaitable[Any]]) -> None:
+        self.registry = registry
+        self._call_worker = call_worker
+        self._worker_spec = worker_spec
+
+    async def admit(self, owner: str, app: AppInfo, session: Optional[str], timeout: Optional[int], task_id: str) -> Admitted:
+        """Open (`"new"`) or join a session for one call; ApiProblem when the call may not run."""
+        if session is None:
+            raise ApiProblem(400, "invalid_request", "session_timeout is only valid with session: \"new\"")
+        new = session == "new"
+        if new:
+            timeout = DEFAULT_IDLE_TIMEOUT_S if timeout is None else timeout
+            if not MIN_IDLE_TIMEOUT_S <= timeout <= MAX_IDLE_TIMEOUT_S:
+                raise ApiProblem(400, "invalid_request",
+                                 f"session_timeout must be {MIN_IDLE_TIMEOUT_S}-{MAX_IDLE_TIMEOUT_S} seconds, got {timeout}")
+            opened = await self.registry.open(owner, app.name, app.version, timeout, await self._worker_spec(app))
+            if opened is None:
+                raise ApiProblem(429, "rate_limited", "this server holds its limit of live sessions; end one "
+                                 "(DELETE /sessions/{id}) or try again later", headers={"retry-after": "5"})
+            if "refused" in opened:
+                raise ApiProblem(503, "unavailable", opened["refused"], headers={"retry-after": "5"})
+            session = opened["id"]
+        elif timeout is not None:
+            raise ApiProblem(400, "invalid_request", "session_timeout is only valid with session: \"new\"")
+        view = await self.registry.begin_call(session, owner, app.name, task_id, new)
+        _check_open(view, session, app)
+        return Admitted(session, view["idle_timeout"], self._backend(session))
+
+    def _backend(self, session_id: str) -> Backend:
+        registry, call_worker = self.registry, self._call_worker
+
+        async def run(call: Call, setup_key: str) -> AsyncIterator[TaskEvent]:
+            succeeded = False
+            try:
+                async for event in call_worker(session_id, call):
+                    succeeded = isinstance(event, Completed)
+                    yield event
+            except WorkerLost as exc:
+                reason = f"the session's worker was lost ({exc}); start a new session"
+                await registry.lost(session_id, reason)
+                yield Failed(reason)
+            finally:
+                await registry.end_call(session_id, succeeded)
+
+        return run
+
+    def router(self, owner: Callable[..., str]) -> APIRouter:
+        router = APIRouter(tags=["sessions"])
+        registry = self.registry
+
+        def envelope(data: Any) -> JSONResponse:
+            return JSONResponse({"success": True, "data": data, "messages": []})
+
+        @router.get("/sessions", summary="Your sessions")
+        async def list_sessions(caller: str = Depends(owner)) -> JSONResponse:
+            return envelope(await registry.list(caller))
+
+        @router.get("/sessions/{session_id}", summary="One of your sessions")
+        async def get_session(session_id: str, caller: str = Depends(owner)) -> JSONResponse:
+            return envelope(_found(await registry.get(session_id, caller), session_id))
+
+        @router.post("/sessions/{session_id}/keepalive", summary="Restart a session's idle timer")
+        async def keepalive(session_id: str, caller: str = Depends(owner)) -> JSONResponse:
+            view = _found(await registry.keepalive(session_id, caller), session_id)
+            if view["status"] != ACTIVE:
+                raise _gone(view)
+            return envelope(view)
+
+        @router.delete("/sessions/{session_id}", summary="End a session (idempotent): cancels its call, unloads the app")
+        async def end(session_id: str, caller: str = Depends(owner)) -> JSONResponse:
+            return envelope(_found(await registry.end(session_id, caller), session_id))
+
+        return router
+
+
+def _found(view: Optional[dict], session_id: str) -> dict:
+    if view is None:
+        raise ApiProblem(404, "SESSION_NOT_FOUND", f"no session {session_id!r}")
+    return view
+
+
+def _gone(view: dict) -> ApiProblem:
+    code = "SESSION_EXPIRED" if view["status"] == EXPIRED else "SESSION_ENDED"
+    return ApiProblem(410, code, f"session {view['id']} has {view['status']} ({view['reason']}); start a new one with session: \"new\"")
+
+
+def _check_open(view: Optional[dict], session_id: str, app: AppInfo) -> None:
+    view = _found(view, session_id)
+    if view["status"] != ACTIVE:
+        raise _gone(view)
+    if view["app_id"] != app.name:
+        raise ApiProblem(409, "APP_MISMATCH", f"session {session_id} belongs to app {view['app_id']!r}, not {app.name!r}")

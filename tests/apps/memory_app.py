@@ -1,0 +1,41 @@
+"""A test app with state: each instance remembers what it was told (for sessions)."""
+
+import asyncio
+import os
+import uuid
+from typing import List
+
+from lifecycle import record
+
+from inferencesh_ray import BaseApp, BaseAppInput, BaseAppOutput
+
+
+class Say(BaseAppInput):
+    text: str
+    delay: float = 0.0
+
+
+class Memory(BaseAppOutput):
+    history: List[str]
+    instance: str
+    pid: int
+
+
+class App(BaseApp):
+    async def setup(self) -> None:
+        self.history: List[str] = []
+        self.instance = uuid.uuid4().hex[:8]
+        record(f"setup:{self.instance}")
+
+    async def unload(self) -> None:
+        record(f"unload:{self.instance}")
+
+    async def run(self, data: Say) -> Memory:
+        """Wait `delay` seconds, then remember `text`."""
+        try:
+            await asyncio.sleep(data.delay)
+        except asyncio.CancelledError:
+            record(f"cancelled:{data.text}")
+            raise
+        self.history.append(data.text)
+        return Memory(history=list(self.history), instance=self.instance, pid=os.getpid())

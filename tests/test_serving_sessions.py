@@ -1,0 +1,128 @@
+"""Sessions on a real local Ray, through the official `inferencesh` client: sticky named actors."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import ray
+from conftest import APPS
+from inferencesh import inference
+from inferencesh.models.errors import APIError
+from ray import serve
+
+from inferencesh_ray.session_worker import NAMESPACE, worker_name
+from inferencesh_ray.status import TaskStatus
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def server(ray_serve, tmp_path_factory):
+    data = tmp_path_factory.mktemp("sessions")
+    (data / "keys.txt").write_text("key-a\nkey-b\n")
+    args = dict(path=str(APPS / "memory_app.py"), data_dir=str(data), api_keys_file=str(data / "keys.txt"))
+    url = ray_serve.deploy("sessions", **args)
+    yield url, args
+    serve.delete("sessions")
+
+
+def sdk(url, key="key-a"):
+    return inference(api_key=key, base_url=url)
+
+
+def wait_for(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_official_session_handle_keeps_state_and_ends(server, ray_serve):
+    url, _ = server
+    client = sdk(url)
+    with client.session("memory-app", input={"text": "first"}) as session:
+        second = session.call(input={"text": "second"})
+        assert second["output"]["history"] == ["first", "second"] and second["session_id"] == session.session_id
+        info = session.info()
+        alive = session.keepalive()
+        instance = second["output"]["instance"]
+    assert _field(info, "status") == "active" and _field(info, "call_count") == 2
+    assert _field(alive, "status") == "active"
+    ended = client.sessions.get(session.session_id)
+    assert _field(ended, "status") == "ended"
+    wait_for(lambda: f"unload:{instance}" in ray_serve.lifecycle())
+    with pytest.raises(ValueError):
+        ray.get_actor(worker_name(session.session_id), namespace=NAMESPACE)  # its resources are freed
+
+
+def test_idle_expiry_unloads_and_the_next_call_is_refused(server, ray_serve):
+    url, _ = server
+    first = sdk(url).run({"app": "memory-app", "input": {"text": "a"}, "session": "new", "session_timeout": 1})
+    session, instance = first["session_id"], first["output"]["instance"]
+    wait_for(lambda: f"unload:{instance}" in ray_serve.lifecycle(), timeout=15)
+    with pytest.raises(APIError) as info:
+        sdk(url).run({"app": "memory-app", "input": {"text": "b"}, "session": session})
+    assert info.value.status_code == 410 and info.value.code == "SESSION_EXPIRED"
+
+
+def test_sessions_are_private_to_their_key(server):
+    url, _ = server
+    first = sdk(url).run({"app": "memory-app", "input": {"text": "mine"}, "session": "new"})
+    for call in (lambda c: c.sessions.get(first["session_id"]),
+                 lambda c: c.run({"app": "memory-app", "input": {"text": "x"}, "session": first["session_id"]})):
+        with pytest.raises(APIError) as info:
+            call(sdk(url, "key-b"))
+        assert info.value.status_code == 404 and info.value.code == "SESSION_NOT_FOUND"
+    assert [s["id"] for s in _list(sdk(url, "key-b").sessions.list())] == []
+    sdk(url).sessions.end(first["session_id"])
+
+
+def test_concurrent_calls_run_in_arrival_order(server):
+    url, _ = server
+    client = sdk(url)
+    first = client.run({"app": "memory-app", "input": {"text": "first"}, "session": "new"})
+    session = first["session_id"]
+    tasks = [client.run({"app": "memory-app", "input": {"text": str(i), "delay": 0.05 * (5 - i)}, "session": session},
+                        wait=False) for i in range(5)]
+    done = [client.wait_for_completion(task["id"]) for task in tasks]
+    assert done[-1]["output"]["history"] == ["first", "0", "1", "2", "3", "4"]
+    client.sessions.end(session)
+
+
+def test_a_killed_session_actor_ends_the_session(server):
+    url, _ = server
+    client = sdk(url)
+    first = client.run({"app": "memory-app", "input": {"text": "first"}, "session": "new"})
+    session = first["session_id"]
+    ray.kill(ray.get_actor(worker_name(session), namespace=NAMESPACE))
+    with pytest.raises(RuntimeError, match="worker was lost"):
+        client.run({"app": "memory-app", "input": {"text": "x"}, "session": session})
+    assert _field(client.sessions.get(session), "status") == "ended"
+    with pytest.raises(APIError) as info:
+        client.run({"app": "memory-app", "input": {"text": "y"}, "session": session})
+    assert info.value.status_code == 410 and info.value.code == "SESSION_ENDED"
+
+
+def test_a_session_survives_a_restart_of_the_ingress(server, ray_serve):
+    url, args = server
+    client = sdk(url)
+    first = client.run({"app": "memory-app", "input": {"text": "before"}, "session": "new"})
+    serve.delete("sessions")
+    url = ray_serve.deploy("sessions", **args)
+    after = sdk(url).run({"app": "memory-app", "input": {"text": "after"}, "session": first["session_id"]})
+    assert after["output"]["history"] == ["before", "after"]
+    assert after["output"]["pid"] == first["output"]["pid"]  # the same worker process
+    assert httpx.delete(f"{url}/sessions/{first['session_id']}", headers={"Authorization": "Bearer key-a"}).status_code == 200
+    assert TaskStatus.COMPLETED == after["status"]
+
+
+def _field(session, name):
+    return session[name] if isinstance(session, dict) else getattr(session, name)
+
+
+def _list(sessions):
+    return [s if isinstance(s, dict) else s.model_dump() for s in (sessions or [])]

@@ -1,0 +1,198 @@
+"""Sessions through the real HTTP API without Ray: the registry, in-process workers, the SDK's endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from helpers import run_api, wait_terminal
+
+from inferencesh_ray.status import TaskStatus
+
+KEYS = ("key-a", "key-b")
+A = {"Authorization": "Bearer key-a"}
+B = {"Authorization": "Bearer key-b"}
+
+
+@pytest.fixture
+def lifecycle(apps):
+    import sys
+
+    sys.path.insert(0, str(apps))
+    import lifecycle as module
+
+    module.EVENTS.clear()
+    return module.EVENTS
+
+
+def scenario(apps, tmp_path, body, **options):
+    return run_api(apps / "memory_app.py", tmp_path, body, KEYS, **options)
+
+
+async def call(client, text, session, headers=A, **extra):
+    response = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": text, **extra},
+                                                    "session": session}, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()["data"]
+
+
+async def result(client, text, session, headers=A, **extra):
+    task = await call(client, text, session, headers, **extra)
+    return await wait_terminal(client, task["id"], headers)
+
+
+async def open_session(client, timeout=None, headers=A) -> tuple[str, dict]:
+    body = {"app": "memory-app", "input": {"text": "first"}, "session": "new"}
+    if timeout is not None:
+        body["session_timeout"] = timeout
+    task = (await client.post("/apps/run", json=body, headers=headers)).json()["data"]
+    assert task["session_id"], task
+    return task["session_id"], await wait_terminal(client, task["id"], headers)
+
+
+def test_state_is_kept_across_calls_in_one_instance(apps, tmp_path, lifecycle):
+    async def body(client):
+        session, first = await open_session(client)
+        second = await result(client, "second", session)
+        other, _ = await open_session(client)
+        third = await result(client, "third", session)
+        info = (await client.get(f"/sessions/{session}", headers=A)).json()["data"]
+        return session, first, second, third, info, other
+
+    session, first, second, third, info, other = scenario(apps, tmp_path, body)
+    assert first["session_id"] == second["session_id"] == third["session_id"] == session
+    assert third["output"]["history"] == ["first", "second", "third"]  # the other session never mixed in
+    assert len({first["output"]["instance"], third["output"]["instance"]}) == 1
+    assert info["status"] == "active" and info["call_count"] == 3 and info["idle_timeout"] == 60
+    assert info["task_id"] == third["id"] and info["app_id"] == "memory-app" and other != session
+    assert set(info) >= {"id", "created_at", "updated_at", "status", "app_id", "app_version_id", "worker_id",
+                         "expires_at", "ended_at", "task_id", "call_count", "last_call_at", "idle_timeout"}
+
+
+def test_idle_timeout_unloads_and_later_calls_are_refused(apps, tmp_path, lifecycle):
+    async def body(client):
+        session, first = await open_session(client, timeout=1)
+        await asyncio.sleep(1.6)
+        info = (await client.get(f"/sessions/{session}", headers=A)).json()["data"]
+        late = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "x"}, "session": session},
+                                 headers=A)
+        keepalive = await client.post(f"/sessions/{session}/keepalive", headers=A)
+        return first, info, late, keepalive
+
+    first, info, late, keepalive = scenario(apps, tmp_path, body)
+    assert info["status"] == "expired" and info["ended_at"] and "idle for 1 s" in info["reason"]
+    assert f"unload:{first['output']['instance']}" in lifecycle
+    assert late.status_code == 410 and late.json()["type"] == "/errors/SESSION_EXPIRED"
+    assert keepalive.status_code == 410
+
+
+def test_calls_and_keepalive_restart_the_idle_timer(apps, tmp_path, lifecycle):
+    async def body(client):
+        session, _ = await open_session(client, timeout=1)
+        for _ in range(3):  # 1.8 s in all, never 1 s idle
+            await asyncio.sleep(0.6)
+            alive = await client.post(f"/sessions/{session}/keepalive", headers=A)
+            assert alive.status_code == 200 and alive.json()["data"]["status"] == "active"
+        await asyncio.sleep(0.6)
+        kept = await result(client, "kept", session)
+        await asyncio.sleep(0.6)
+        again = await result(client, "again", session)
+        return kept, again
+
+    kept, again = scenario(apps, tmp_path, body)
+    assert again["status"] == TaskStatus.COMPLETED and again["output"]["history"] == ["first", "kept", "again"]
+
+
+def test_a_running_call_holds_its_session_open(apps, tmp_path, lifecycle):
+    async def body(client):
+        session, _ = await open_session(client, timeout=1)
+        return await result(client, "long", session, delay=1.5)
+
+    done = scenario(apps, tmp_path, body)
+    assert done["status"] == TaskStatus.COMPLETED, done["error"]
+
+
+def test_end_is_idempotent_unloads_and_cancels_a_running_call(apps, tmp_path, lifecycle):
+    async def body(client):
+        session, first = await open_session(client)
+        running = await call(client, "slow", session, delay=30)
+        for _ in range(100):
+            if (await client.get(f"/tasks/{running['id']}", headers=A)).json()["data"]["status"] == TaskStatus.RUNNING:
+                break
+            await asyncio.sleep(0.02)
+        ended = await client.delete(f"/sessions/{session}", headers=A)
+        again = await client.delete(f"/sessions/{session}", headers=A)
+        cancelled = await wait_terminal(client, running["id"], A)
+        late = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "x"}, "session": session},
+                                 headers=A)
+        return first, ended, again, cancelled, late
+
+    first, ended, again, cancelled, late = scenario(apps, tmp_path, body)
+    assert ended.status_code == 200 and ended.json()["data"]["status"] == "ended"
+    assert again.status_code == 200 and again.json()["data"]["status"] == "ended"
+    assert cancelled["status"] == TaskStatus.CANCELLED
+    assert "cancelled:slow" in lifecycle and f"unload:{first['output']['instance']}" in lifecycle
+    assert late.status_code == 410 and late.json()["type"] == "/errors/SESSION_ENDED"
+
+
+def test_sessions_belong_to_their_key(apps, tmp_path, lifecycle):
+    async def body(client):
+        mine, _ = await open_session(client)
+        theirs, _ = await open_session(client, headers=B)
+        listed = (await client.get("/sessions", headers=A)).json()["data"]
+        peek = await client.get(f"/sessions/{theirs}", headers=A)
+        use = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "x"}, "session": theirs},
+                                headers=A)
+        end = await client.delete(f"/sessions/{theirs}", headers=A)
+        keep = await client.post(f"/sessions/{theirs}/keepalive", headers=A)
+        still = (await client.get(f"/sessions/{theirs}", headers=B)).json()["data"]
+        return mine, listed, peek, use, end, keep, still
+
+    mine, listed, peek, use, end, keep, still = scenario(apps, tmp_path, body)
+    assert [s["id"] for s in listed] == [mine]
+    for response in (peek, use, end, keep):
+        assert response.status_code == 404 and response.json()["type"] == "/errors/SESSION_NOT_FOUND"
+    assert still["status"] == "active"
+
+
+def test_calls_in_a_session_run_one_at_a_time_in_arrival_order(apps, tmp_path, lifecycle):
+    async def body(client):
+        session, _ = await open_session(client)
+        # Later calls are quicker: run concurrently, they would finish in reverse.
+        tasks = [await call(client, str(index), session, delay=0.05 * (5 - index)) for index in range(5)]
+        return [await wait_terminal(client, task["id"], A) for task in tasks]
+
+    done = scenario(apps, tmp_path, body)
+    assert done[-1]["output"]["history"] == ["first", "0", "1", "2", "3", "4"]
+
+
+def test_the_number_of_live_sessions_is_bounded(apps, tmp_path, lifecycle):
+    async def body(client):
+        first, _ = await open_session(client)
+        await open_session(client)
+        refused = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "x"}, "session": "new"},
+                                    headers=A)
+        await client.delete(f"/sessions/{first}", headers=A)
+        allowed, _ = await open_session(client)
+        return refused, allowed
+
+    refused, allowed = scenario(apps, tmp_path, body, session_limit=2)
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "5"
+    assert "limit of live sessions" in refused.json()["detail"]
+    assert allowed
+
+
+def test_a_lost_worker_ends_its_session_and_fails_the_call(apps, tmp_path, lifecycle):
+    async def body(client):
+        session, _ = await open_session(client)
+        client.workers.hosts.pop(session)  # its process is gone
+        failed = await result(client, "x", session)
+        info = (await client.get(f"/sessions/{session}", headers=A)).json()["data"]
+        late = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "y"}, "session": session},
+                                 headers=A)
+        return failed, info, late
+
+    failed, info, late = scenario(apps, tmp_path, body)
+    assert failed["status"] == TaskStatus.FAILED and "worker was lost" in failed["error"]
+    assert info["status"] == "ended" and "worker was lost" in info["reason"]
+    assert late.status_code == 410
