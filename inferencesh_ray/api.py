@@ -98,12 +98,15 @@ def create_api(
         metadata = {"app_id": app.name, "app_version_id": app.version}
         call = Call(function, data, setup, metadata, FileScope(caller, files.base_url(request)))
         task_id, backend = uuid.uuid4().hex, dispatcher.backend(app.name)
-        if body.session is not None or body.session_timeout is not None:
-            admitted = await sessions.admit(caller, app, body.session, body.session_timeout, task_id)
-            fields.update(session_id=admitted.session_id, session_timeout=admitted.idle_timeout)
-            backend = admitted.backend
-        task = await dispatcher.submit(caller, backend, call, setup_key, fields, task_id)
-        return envelope(task)
+        if body.session is None and body.session_timeout is None:
+            return envelope(await dispatcher.submit(caller, backend, call, setup_key, fields, task_id))
+        admitted = await sessions.admit(caller, app, body.session, body.session_timeout, task_id)
+        fields.update(session_id=admitted.session_id, session_timeout=admitted.idle_timeout)
+        try:
+            return envelope(await dispatcher.submit(caller, admitted.backend, call, setup_key, fields, task_id))
+        except BaseException:
+            await sessions.registry.end_call(admitted.session_id, False)  # counted in, never ran: don't pin it open
+            raise
 
     @api.post("/apps/run", summary="Run a function of an app; answers at once with the created task")
     async def run_app(body: RunRequest, request: Request, caller: str = Depends(owner)) -> JSONResponse:

@@ -109,9 +109,9 @@ def run_api(app_path, tmp_path, body, keys=(), files=None, session_limit=4, **ap
 
         sessions = Sessions(registry, workers.call, spec)
         api = CollapseSlashes(create_api(catalog, dispatcher, Auth(list(keys)), files, sessions, **api_options))
-        transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 5000))
+        transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 5000), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            client.workers = workers
+            client.workers, client.store = workers, store
             try:
                 return await body(client)
             finally:

@@ -196,3 +196,21 @@ def test_a_lost_worker_ends_its_session_and_fails_the_call(apps, tmp_path, lifec
     assert failed["status"] == TaskStatus.FAILED and "worker was lost" in failed["error"]
     assert info["status"] == "ended" and "worker was lost" in info["reason"]
     assert late.status_code == 410
+
+
+def test_a_call_that_cannot_be_recorded_does_not_pin_its_session_open(apps, tmp_path, lifecycle):
+    async def body(client):
+        session, _ = await open_session(client, timeout=1)
+
+        async def broken(*args):
+            raise RuntimeError("the task store is down")
+
+        client.store.create = broken
+        failed = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "x"}, "session": session},
+                                   headers=A)
+        await asyncio.sleep(1.6)
+        return failed, (await client.get(f"/sessions/{session}", headers=A)).json()["data"]
+
+    failed, info = scenario(apps, tmp_path, body)
+    assert failed.status_code == 500 and failed.json()["type"] == "/errors/internal_error"
+    assert info["status"] == "expired"  # the call that never ran did not hold it open
