@@ -55,8 +55,8 @@ class InpaintInput(BaseAppInput):
 
 class ImageOutput(BaseAppOutput):
     image: File = Field(description="The resulting PNG")
-    width: int
-    height: int
+    width: int = Field(description="Its width in pixels")
+    height: int = Field(description="Its height in pixels")
 
 
 class ImageOps(torch.nn.Module):
