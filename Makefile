@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
-CONFIG ?= deployments/image_model.yaml
+# The four examples behind one ingress; `make serve CONFIG=deployments/<name>.yaml` serves one.
+CONFIG ?= deployments/showcase.yaml
 
 .PHONY: install serve test
 
