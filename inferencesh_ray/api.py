@@ -27,6 +27,7 @@ from .dispatch import Dispatcher
 from .file_access import FileScope
 from .files_api import files_router
 from .host import Call
+from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
 from .server_files import ServerFiles
 from .sessions_api import Sessions
@@ -57,6 +58,12 @@ class RunRequest(BaseModel):
 
 def envelope(data: Any) -> JSONResponse:
     return JSONResponse({"success": True, "data": data, "messages": []})
+
+
+def create_app(catalog: "AppCatalog", dispatcher: "Dispatcher", auth: "Auth", files: "ServerFiles", sessions: "Sessions",
+               max_request_bytes: int = MAX_REQUEST_BYTES, **options: Any) -> Any:
+    """The whole ASGI app: the API behind its middleware (`//` paths routed, request bodies limited)."""
+    return CollapseSlashes(BodyLimit(create_api(catalog, dispatcher, auth, files, sessions, **options), max_request_bytes))
 
 
 def create_api(
@@ -197,21 +204,12 @@ def _install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "invalid_request"}.get(exc.status_code, "invalid_request")
-        return ApiProblem(exc.status_code, code, str(exc.detail)).response(headers=getattr(exc, "headers", None))
+        detail = str(exc.detail)
+        if isinstance(exc.__cause__, RecursionError):
+            detail = "the request body is nested too deeply to parse"
+        return ApiProblem(exc.status_code, code, detail).response(headers=getattr(exc, "headers", None))
 
     @api.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception) -> Response:
         _log.exception("unhandled error on %s %s", request.method, request.url.path)
         return ApiProblem(500, "internal_error", "the server failed on this request; it has been logged").response()
-
-
-class CollapseSlashes:
-    """`base_url="http://host:8000/"` makes the SDK request `//apps/run`: route it anyway."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and "//" in scope.get("path", ""):
-            scope = dict(scope, path=re.sub("/{2,}", "/", scope["path"]))
-        await self.app(scope, receive, send)

@@ -21,6 +21,7 @@ from .discovery import discover
 from .errors import AppError
 from .ingress import Ingress
 from .loader import load_app
+from .middleware import MAX_REQUEST_BYTES
 from .replica import AppReplica
 from .schema import functions_schema
 from .server_files import FilesConfig
@@ -59,6 +60,9 @@ class ServeArgs(BaseModel):
         default_factory=dict, description="fsspec options of the storage, e.g. {client_kwargs: {endpoint_url: ...}}"
     )
     max_file_bytes: int = Field(1 << 30, gt=0, description="Largest file an upload or an input URL may bring")
+    max_request_bytes: int = Field(
+        MAX_REQUEST_BYTES, gt=0, description="Largest request body (a run request with data: URIs); more is 413"
+    )
     file_url_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="How long a signed file URL stays valid")
     allow_remote_urls: bool = Field(False, description="Let file inputs be http(s) URLs of other servers")
     allow_private_urls: bool = Field(
@@ -122,7 +126,7 @@ def build(args: ServeArgs) -> Application:
     ingress = serve.deployment(Ingress, name=INGRESS_NAME, max_ongoing_requests=1000)
     state = {"database": args.database_path(), "retention_s": args.task_retention_s, "lease_s": args.task_lease_s,
              "max_sessions": args.max_sessions}
-    return ingress.bind(infos, handles, state, files, args.api_keys_file)
+    return ingress.bind(infos, handles, state, files, args.api_keys_file, args.max_request_bytes)
 
 
 def _absolute(path: str) -> str:

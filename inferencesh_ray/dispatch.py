@@ -81,7 +81,9 @@ class Dispatcher:
                 await self.store.apply(task_id, [Cancelled()])
         except Exception as exc:
             _log.warning("task %s: its replica failed: %s", task_id, describe(exc))
-            await self.store.apply(task_id, [Failed(f"the replica running this task failed: {describe(exc)}")])
+            # Only the type: Ray's message names processes, addresses and nodes of the cluster.
+            reason = f"the replica running this task failed ({type(exc).__name__}); submit it again"
+            await self.store.apply(task_id, [Failed(reason)])
         finally:
             self._running.pop(task_id, None)
 

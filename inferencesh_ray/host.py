@@ -169,9 +169,10 @@ class AppHost:
             emit(Failed(str(exc), exc.traceback))
         except (InvalidInput, FunctionNotFound) as exc:
             emit(Failed(str(exc)))
-        except Exception as exc:  # a bug of ours: the task still ends, and the log says where
+        except Exception as exc:  # ours, or storage's: the task still ends, and the server's log says where
             _log.exception("app host failed while serving %s", call.function)
-            emit(Failed(f"internal error: {describe(exc)}"))
+            # Only the type: the message may hold the server's paths or storage names.
+            emit(Failed(f"internal error ({type(exc).__name__}) while serving this task; the server's log has the details"))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

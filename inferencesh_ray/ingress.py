@@ -14,10 +14,12 @@ from typing import Any
 import ray
 from ray import serve
 
-from .api import CollapseSlashes, create_api
+from .api import create_app
 from .auth import Auth, load_keys
 from .catalog import AppCatalog, AppInfo
 from .dispatch import Dispatcher, serve_backend
+from .local_ray import pin_replica_grpc_to_node_address
+from .middleware import MAX_REQUEST_BYTES
 from .server_files import FilesConfig, ServerFiles
 from .session_worker import RayWorkers, WorkerSpec, call_worker
 from .sessions import SessionRegistry
@@ -57,7 +59,8 @@ def named_actor(cls: type, kind: str, database: str, *args: Any, **kwargs: Any) 
 @serve.ingress()
 class Ingress:
     def __init__(self, apps: list[dict], handles: dict[str, Any], state: dict[str, Any], files: FilesConfig,
-                 api_keys_file: str | None = None) -> None:
+                 api_keys_file: str | None = None, max_request_bytes: int = MAX_REQUEST_BYTES) -> None:
+        pin_replica_grpc_to_node_address()
         self.catalog = AppCatalog([AppInfo(**app) for app in apps])
         self.auth = Auth(load_keys(api_keys_file))
         if self.auth.open:
@@ -69,6 +72,7 @@ class Ingress:
         registry = named_actor(SessionRegistry, "sessions", database, RayWorkers(), limit=state["max_sessions"])
         self.sessions = Sessions(registry, call_worker, self._worker_spec)
         self._handles = handles
+        self._max_request_bytes = max_request_bytes
         self._specs: dict[str, WorkerSpec] = {}
 
     async def _worker_spec(self, app: AppInfo) -> WorkerSpec:
@@ -79,7 +83,7 @@ class Ingress:
         return self._specs[app.name]
 
     def __serve_build_asgi_app__(self):
-        return CollapseSlashes(create_api(self.catalog, self.dispatcher, self.auth, self.files, self.sessions))
+        return create_app(self.catalog, self.dispatcher, self.auth, self.files, self.sessions, self._max_request_bytes)
 
     async def __del__(self) -> None:
         await self.dispatcher.close()

@@ -35,6 +35,32 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> 
     return True
 
 
+def pin_replica_grpc_to_node_address() -> None:
+    """Bind this Serve replica's inter-deployment gRPC server to the node's address, not every interface.
+
+    Ray Serve 2.60 replicas listen on `[::]:0` whatever the node's address, so even a Ray
+    bound to 127.0.0.1 would answer on the machine's other addresses. Called from our
+    deployments' constructors, which Serve runs before it starts that server. A Ray
+    without that hook (another version) is left as it is.
+    """
+    import ray
+    from ray.serve._private import replica
+
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "pinned", False):
+        return
+    node_ip = ray.util.get_node_ip_address()
+    host = f"[{node_ip}]" if ":" in node_ip else node_ip
+
+    def pinned(server, address: str):
+        if address.startswith("[::]:"):
+            address = f"{host}:{address.rsplit(':', 1)[1]}"
+        return original(server, address)
+
+    pinned.pinned = True
+    replica.add_port_to_grpc_server = pinned
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """`python -m inferencesh_ray.local_ray COMMAND...`: run COMMAND on a private loopback Ray, then stop that Ray.
 

@@ -13,12 +13,14 @@ from ray import serve
 
 from .events import TaskEvent
 from .host import AppHost, Call
+from .local_ray import pin_replica_grpc_to_node_address
 from .server_files import FilesConfig, ServerFiles
 from .session_worker import replica_actor_options
 
 
 class AppReplica:
     def __init__(self, app_path: str, app_name: str, files: FilesConfig) -> None:
+        pin_replica_grpc_to_node_address()
         self.host = AppHost.load(app_path, app_id=app_name, files=ServerFiles(files))
 
     async def run(self, call: Call) -> AsyncIterator[TaskEvent]:

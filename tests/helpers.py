@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -79,9 +81,18 @@ class LocalWorkers:
             self._calls.get(session_id, set()).discard(asyncio.current_task())
 
 
-def run_api(app_path, tmp_path, body, keys=(), files=None, session_limit=4, **api_options):
-    """Run `await body(client)` against the real HTTP API of one app, in-process (no Ray), in one event loop."""
-    from inferencesh_ray.api import CollapseSlashes, create_api
+@dataclass
+class Server:
+    """One app's real HTTP API, in-process (no Ray), and the parts tests reach into."""
+
+    app: Any
+    dispatcher: Any
+    store: Any
+    workers: LocalWorkers
+
+
+def make_server(app_path, tmp_path, keys=(), files=None, session_limit=4, **api_options) -> Server:
+    from inferencesh_ray.api import create_app
     from inferencesh_ray.auth import Auth
     from inferencesh_ray.catalog import AppCatalog, AppInfo
     from inferencesh_ray.dispatch import Dispatcher
@@ -96,26 +107,31 @@ def run_api(app_path, tmp_path, body, keys=(), files=None, session_limit=4, **ap
     files = files or local_files(tmp_path / "files")
     host = AppHost(loaded.app_cls, app_id=loaded.name, files=files)
     info = AppInfo(name=loaded.name, schema=functions_schema(host.discovery), path=str(app_path))
-    catalog = AppCatalog([info])
+    store = TaskStore(str(tmp_path / "tasks.sqlite3"))
+    dispatcher = Dispatcher(store, {loaded.name: host_backend(host)})
+    workers = LocalWorkers()
+    registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), workers, limit=session_limit, reap_every_s=0.05)
+
+    async def spec(app):
+        return WorkerSpec(app.name, app.path, files.config)
+
+    sessions = Sessions(registry, workers.call, spec)
+    app = create_app(AppCatalog([info]), dispatcher, Auth(list(keys)), files, sessions, **api_options)
+    return Server(app, dispatcher, store, workers)
+
+
+def run_api(app_path, tmp_path, body, keys=(), files=None, session_limit=4, **api_options):
+    """Run `await body(client)` against the real HTTP API of one app, in-process (no Ray), in one event loop."""
 
     async def main():
-        store = TaskStore(str(tmp_path / "tasks.sqlite3"))
-        dispatcher = Dispatcher(store, {loaded.name: host_backend(host)})
-        workers = LocalWorkers()
-        registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), workers, limit=session_limit, reap_every_s=0.05)
-
-        async def spec(app):
-            return WorkerSpec(app.name, app.path, files.config)
-
-        sessions = Sessions(registry, workers.call, spec)
-        api = CollapseSlashes(create_api(catalog, dispatcher, Auth(list(keys)), files, sessions, **api_options))
-        transport = httpx.ASGITransport(app=api, client=("127.0.0.1", 5000), raise_app_exceptions=False)
+        server = make_server(app_path, tmp_path, keys, files, session_limit, **api_options)
+        transport = httpx.ASGITransport(app=server.app, client=("127.0.0.1", 5000), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            client.workers, client.store = workers, store
+            client.workers, client.store = server.workers, server.store
             try:
                 return await body(client)
             finally:
-                await dispatcher.close()
+                await server.dispatcher.close()
 
     return asyncio.run(main())
 

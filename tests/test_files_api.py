@@ -243,3 +243,17 @@ def test_a_signed_url_is_bound_to_its_file_and_action(tmp_path):
     assert files.signer.check("put", "a" * 32, query["expires"], query["signature"]) == "bad signature"
     assert files.signer.check("get", "b" * 32, query["expires"], query["signature"]) == "bad signature"
     assert files.signer.check("get", "a" * 32, str(int(time.time()) + 10**6), query["signature"]) == "bad signature"
+
+
+def test_a_storage_failure_fails_the_task_without_naming_server_paths(apps, tmp_path):
+    async def body(client):
+        file, _ = await upload(client)
+        for data in (tmp_path / "files" / "files").glob("*/data"):
+            data.unlink()  # the bytes are lost behind the server's back
+        run = {"app": "file-app", "function": "inspect", "input": {"image": file["uri"]}}
+        return await finished(client, (await client.post("/apps/run", json=run, headers=A)).json()["data"]["id"])
+
+    task = files_scenario(apps, tmp_path, body)
+    assert task["status"] == TaskStatus.FAILED
+    assert task["error"].startswith("internal error (FileNotFoundError) while serving this task")
+    assert str(tmp_path) not in task["error"]
