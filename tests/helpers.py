@@ -11,6 +11,7 @@ import httpx
 
 from inferencesh_ray.events import TERMINAL_EVENTS
 from inferencesh_ray.host import AppHost, Call
+from inferencesh_ray.server_files import FilesConfig, ServerFiles
 
 
 async def events_of(host: AppHost, call: Call) -> list:
@@ -29,10 +30,8 @@ def host_backend(host: AppHost):
     return run
 
 
-def local_files(root, **options) -> "ServerFiles":
+def local_files(root, **options) -> ServerFiles:
     """A server's file policy over a local directory, with a fixed signing key."""
-    from inferencesh_ray.server_files import FilesConfig, ServerFiles
-
     return ServerFiles(FilesConfig(root=Path(root).resolve().as_uri(), signing_key=b"test-key", **options))
 
 
@@ -45,8 +44,6 @@ class LocalWorkers:
         self._calls: dict = {}
 
     async def start(self, session_id, spec) -> str:
-        from inferencesh_ray.server_files import ServerFiles
-
         self.hosts[session_id] = AppHost.load(spec.path, app_id=spec.app, files=ServerFiles(spec.files))
         self._turns[session_id] = asyncio.Lock()
         self._calls[session_id] = set()

@@ -8,7 +8,7 @@ import base64
 import pytest
 from helpers import events_of
 
-from inferencesh_ray.events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp, Uploading
+from inferencesh_ray.events import Completed, Failed, Log, Output, Running, SettingUp, Uploading
 from inferencesh_ray.host import AppHost, Call
 from inferencesh_ray.loader import load_app
 

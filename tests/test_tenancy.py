@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 
-import pytest
 from conftest import APPS
 from helpers import run_api, wait_terminal
 
