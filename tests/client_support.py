@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Optional
 import pytest
 import uvicorn
 from conftest import APPS, free_port
-from helpers import host_backend, local_files
+from helpers import make_server
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -45,22 +45,9 @@ def serving(app: Any) -> Iterator[str]:
 
 @contextmanager
 def api_server(app_path: Any, root: Any, key: str) -> Iterator[SimpleNamespace]:
-    """The real API of one app (no Ray: in-process task store, app host and file storage) on 127.0.0.1."""
-    from inferencesh_ray.api import CollapseSlashes, create_api
-    from inferencesh_ray.auth import Auth
-    from inferencesh_ray.catalog import AppCatalog, AppInfo
-    from inferencesh_ray.dispatch import Dispatcher
-    from inferencesh_ray.host import AppHost
-    from inferencesh_ray.loader import load_app
-    from inferencesh_ray.schema import functions_schema
-    from inferencesh_ray.store import TaskStore
-
-    files = local_files(root / "files")
-    loaded = load_app(str(app_path))
-    host = AppHost(loaded.app_cls, app_id=loaded.name, files=files)
-    catalog = AppCatalog([AppInfo(name=loaded.name, schema=functions_schema(host.discovery))])
-    dispatcher = Dispatcher(TaskStore(str(root / "tasks.sqlite3")), {loaded.name: host_backend(host)})
-    with serving(CollapseSlashes(create_api(catalog, dispatcher, Auth([key]), files))) as url:
+    """The real API of one app (no Ray: in-process task store, app host, files and sessions) on 127.0.0.1."""
+    server = make_server(app_path, root, keys=[key])
+    with serving(server.app) as url:
         yield SimpleNamespace(url=url, port=int(url.rsplit(":", 1)[1]))
 
 

@@ -574,10 +574,48 @@ def test_real_file_endpoints_upload_and_download(files_server, tmp_path):
         client.files.download({"path": "/tmp/x.png"}, tmp_path)
 
 
-# -- sessions (stubbed: the server has none yet) -----------------------------------------------
+# -- sessions --------------------------------------------------------------------------------------
 
 
-def test_sessions_and_session_params_sync_and_async():
+def check_session_calls(client_calls) -> None:
+    """One session's life through the client: open, call again, read, list, keep alive, end."""
+    first, again, info, listed, kept, ended, after, end_twice = client_calls
+    session_id = first["session_id"]
+    assert again["session_id"] == session_id and again["output"]["text"] == "AGAIN"
+    assert info["id"] == session_id and info["status"] == "active" and info["call_count"] == 2
+    assert info["idle_timeout"] == 90
+    assert session_id in [session["id"] for session in listed]
+    assert kept["id"] == session_id and ended is None and end_twice is None
+    assert after.status_code == 410 and after.code == "SESSION_ENDED"
+
+
+def test_sessions_on_the_real_api_sync_and_async(server):
+    def sync_calls():
+        client = sync_client(server.url)
+        first = client.run({"app": "counting", "input": {"text": "s"}, "session": "new", "session_timeout": 90})
+        again = client.run({"app": "counting:shout", "input": {"text": "again"}, "session": first["session_id"]})
+        info, listed = client.sessions.get(first["session_id"]), client.sessions.list()
+        kept, ended = client.sessions.keepalive(first["session_id"]), client.sessions.end(first["session_id"])
+        with pytest.raises(APIError) as after:
+            client.run({"app": "counting", "input": {"text": "late"}, "session": first["session_id"]})
+        return first, again, info, listed, kept, ended, after.value, client.sessions.end(first["session_id"])
+
+    async def async_calls():
+        async with async_client(server.url) as client:
+            first = await client.run({"app": "counting", "input": {"text": "s"}, "session": "new", "session_timeout": 90})
+            again = await client.run({"app": "counting:shout", "input": {"text": "again"}, "session": first["session_id"]})
+            info, listed = await client.sessions.get(first["session_id"]), await client.sessions.list()
+            kept, ended = await client.sessions.keepalive(first["session_id"]), await client.sessions.end(first["session_id"])
+            with pytest.raises(APIError) as after:
+                await client.run({"app": "counting", "input": {"text": "late"}, "session": first["session_id"]})
+            return first, again, info, listed, kept, ended, after.value, await client.sessions.end(first["session_id"])
+
+    check_session_calls(sync_calls())
+    check_session_calls(asyncio.run(async_calls()))
+
+
+
+def test_session_calls_on_the_wire_sync_and_async():
     seen = []
     session = {"id": "s1", "status": "active", "call_count": 1}
 

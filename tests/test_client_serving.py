@@ -185,6 +185,30 @@ def test_files_uploaded_from_inputs_and_downloaded_from_outputs(served, tmp_path
     assert saved.read_bytes() == b"\x89PNG served"[::-1]
 
 
+def test_sessions_through_our_client(url):
+    client = inference(base_url=url)
+    first = client.run({"app": "counting", "input": {"text": "s"}, "session": "new", "session_timeout": 120})
+    session_id = first["session_id"]
+    assert client.run({"app": "counting:shout", "input": {"text": "x"}, "session": session_id})["session_id"] == session_id
+    info = client.sessions.get(session_id)
+    assert info["status"] == "active" and info["call_count"] == 2 and info["idle_timeout"] == 120
+    assert session_id in [session["id"] for session in client.sessions.list()]
+
+    async def body():
+        async with async_inference(base_url=url) as aclient:
+            again = await aclient.run({"app": "counting", "input": {"text": "a"}, "session": session_id})
+            kept = await aclient.sessions.keepalive(session_id)
+            await aclient.sessions.end(session_id)
+            return again, kept, await aclient.sessions.get(session_id)
+
+    again, kept, ended = asyncio.run(body())
+    assert again["session_id"] == session_id and kept["call_count"] == 3 and ended["status"] == "ended"
+    with pytest.raises(APIError) as info:
+        client.run({"app": "counting", "input": {"text": "late"}, "session": session_id})
+    assert info.value.status_code == 410 and info.value.code == "SESSION_ENDED"
+    client.sessions.end(session_id)  # idempotent
+
+
 def environment(url: str) -> dict:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("INFERENCE_")}, "INFERENCE_BASE_URL": url}
 
