@@ -71,6 +71,8 @@ class App(BaseApp):
         self.model = SentenceTransformer(str(get_model_path()), device=str(self.device), local_files_only=True)
         if config.precision == "fp16":
             self.model.half()
+        else:
+            self.model.float()  # weights stored in fp16 are computed in fp32 all the same
         self.model.eval()
         print(f"{MODEL_NAME} ready on {self.device} ({config.precision})")
 
