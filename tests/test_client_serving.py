@@ -14,6 +14,7 @@ import httpx
 import pytest
 from client_support import CuttingProxy, terminal_chunk
 from conftest import APPS
+from ray import serve
 
 from inferencesh_ray import (
     APIError,
@@ -33,11 +34,19 @@ STRIPPED = {"id", "created_at", "updated_at", "input", "output", "logs", "status
 
 @pytest.fixture(scope="module")
 def served(ray_serve, tmp_path_factory):
-    """The counting app and the file app, each behind its own ingress, on the session's Ray."""
+    """The counting app and the file app, each behind its own ingress, on the session's Ray.
+
+    Deleted afterwards: each replica holds a CPU of the session's Ray, which the test
+    modules after this one need for their own deployments.
+    """
     data = tmp_path_factory.mktemp("client-serving")
-    counting = ray_serve.deploy("client-counting", path=str(APPS / "counting.py"), data_dir=str(data / "counting"))
-    files = ray_serve.deploy("client-files", path=str(APPS / "file_app.py"), data_dir=str(data / "files"))
-    return counting, files
+    try:
+        counting = ray_serve.deploy("client-counting", path=str(APPS / "counting.py"), data_dir=str(data / "counting"))
+        files = ray_serve.deploy("client-files", path=str(APPS / "file_app.py"), data_dir=str(data / "files"))
+        yield counting, files
+    finally:
+        for name in ("client-counting", "client-files"):
+            serve.delete(name)
 
 
 @pytest.fixture
