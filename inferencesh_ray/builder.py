@@ -28,6 +28,11 @@ from .server_files import FilesConfig
 from .storage import FileStore, default_root
 
 DATA_DIR_ENV = "INFERENCESH_RAY_DATA_DIR"
+# Serve's default (5) makes its router spill a warm config's requests onto a replica set up
+# with another config as soon as the warm one holds 5, and that replica then sets up again;
+# a burst turns into a cascade of setups. Tasks wait on their warm replica instead.
+# A config's `deployments:` entry overrides it.
+APP_MAX_ONGOING_REQUESTS = 32
 INGRESS_NAME = "ingress"
 
 
@@ -122,7 +127,9 @@ def build(args: ServeArgs) -> Application:
             raise AppError(f"two apps are named {name!r}; give one a different `name`")
         infos.append({"name": name, "version": spec.version, "schema": functions_schema(discovery), "path": path})
         options = {"num_replicas": args.num_replicas} if args.num_replicas else {}
-        handles[name] = serve.deployment(AppReplica, name=name, **options).bind(path, name, files)
+        handles[name] = serve.deployment(
+            AppReplica, name=name, max_ongoing_requests=APP_MAX_ONGOING_REQUESTS, **options
+        ).bind(path, name, files)
     ingress = serve.deployment(Ingress, name=INGRESS_NAME, max_ongoing_requests=1000)
     state = {"database": args.database_path(), "retention_s": args.task_retention_s, "lease_s": args.task_lease_s,
              "max_sessions": args.max_sessions}
