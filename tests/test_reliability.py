@@ -127,7 +127,8 @@ def test_a_restarted_task_store_keeps_tasks_and_streams_go_on(ray_serve, tmp_pat
 def test_nothing_of_ray_listens_beyond_loopback_and_there_is_no_dashboard(ray_serve, tmp_path):
     url = ray_serve.deploy("listening", path=str(APPS / "counting.py"), data_dir=str(tmp_path))
     sdk = inference(api_key="k", base_url=url)
-    assert sdk.run({"app": "counting", "input": {"text": "x"}, "session": "new"})["output"]["text"] == "x"
+    first = sdk.run({"app": "counting", "input": {"text": "x"}, "session": "new"})  # a session worker listens too
+    assert first["output"]["text"] == "x"
     node = ray._private.worker.global_worker.node
     assert not node.address_info.get("webui_url")
     ray_pids = _our_ray_pids(node)
@@ -138,6 +139,7 @@ def test_nothing_of_ray_listens_beyond_loopback_and_there_is_no_dashboard(ray_se
     assert not exposed, exposed
     with pytest.raises(httpx.ConnectError):
         httpx.get("http://127.0.0.1:8265/api/jobs/", timeout=2)  # no job submission API
+    sdk.sessions.end(first["session_id"])  # its worker holds a CPU of the session's Ray
     serve.delete("listening")
 
 
