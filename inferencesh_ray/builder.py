@@ -15,6 +15,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, Field, model_validator
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from .catalog import LATEST
 from .discovery import discover
@@ -23,6 +24,7 @@ from .ingress import Ingress
 from .loader import load_app
 from .middleware import MAX_REQUEST_BYTES
 from .replica import AppReplica
+from .routing import WarmRouter
 from .schema import functions_schema
 from .server_files import FilesConfig
 from .storage import FileStore, default_root
@@ -33,6 +35,7 @@ DATA_DIR_ENV = "INFERENCESH_RAY_DATA_DIR"
 # a burst turns into a cascade of setups. Tasks wait on their warm replica instead.
 # A config's `deployments:` entry overrides it.
 APP_MAX_ONGOING_REQUESTS = 32
+WARM_ROUTING = RequestRouterConfig(request_router_class=WarmRouter)
 INGRESS_NAME = "ingress"
 
 
@@ -128,7 +131,8 @@ def build(args: ServeArgs) -> Application:
         infos.append({"name": name, "version": spec.version, "schema": functions_schema(discovery), "path": path})
         options = {"num_replicas": args.num_replicas} if args.num_replicas else {}
         handles[name] = serve.deployment(
-            AppReplica, name=name, max_ongoing_requests=APP_MAX_ONGOING_REQUESTS, **options
+            AppReplica, name=name, max_ongoing_requests=APP_MAX_ONGOING_REQUESTS, request_router_config=WARM_ROUTING,
+            **options,
         ).bind(path, name, files)
     ingress = serve.deployment(Ingress, name=INGRESS_NAME, max_ongoing_requests=1000)
     state = {"database": args.database_path(), "retention_s": args.task_retention_s, "lease_s": args.task_lease_s,
