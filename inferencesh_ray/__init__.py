@@ -1,12 +1,13 @@
 """inferencesh_ray: serve inference.sh-style apps on Ray Serve.
 
 The app author's API is `BaseApp`, `BaseAppInput`, `BaseAppOutput`, `BaseAppSetup`,
-`File` and `Metadata`; `AppHost` runs an app in-process; `TaskStatus` numbers
+`File`, `Metadata` and `batched`; `AppHost` runs an app in-process; `TaskStatus` numbers
 statuses as the official SDK does; `inference` / `async_inference` are the client of a
 running server (httpx only).
 """
 
 from .app import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, Metadata
+from .batching import batched
 from .client import (
     APIError,
     APIValidationError,
@@ -60,6 +61,7 @@ __all__ = [
     "UploadFileOptions",
     "WaitTimeout",
     "async_inference",
+    "batched",
     "inference",
 ]
 

@@ -3,20 +3,25 @@
 A method is a function when it is public, not `setup`/`unload`, takes exactly one
 input parameter besides `self` (plus an optional trailing `metadata`), and has type
 hints on that input and on its return that are both pydantic models (v2 or
-`pydantic.v1`). Async generators return `AsyncGenerator[Output, None]`. Every rule is
-checked for every method, so `infsh-ray app validate --verbose` can say why a method
-was skipped.
+`pydantic.v1`). Async generators return `AsyncGenerator[Output, None]`; a `@batched`
+function takes `list[Input]` and returns `list[Output]`, and its input and output models
+are the elements'. Every rule is checked for every method, so
+`infsh-ray app validate --verbose` can say why a method was skipped.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import inspect
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 import pydantic
+
+from .batching import BatchSpec, batch_spec
+from .errors import AppError
 
 try:
     from pydantic import v1 as pydantic_v1
@@ -50,6 +55,8 @@ class AppFunction:
     call_kind: CallKind
     takes_metadata: bool
     description: str = ""
+    batch: Optional[BatchSpec] = None
+    """How calls are grouped when the function is `@batched`; it then takes and returns lists."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,27 @@ class Discovery:
     def default_function(self) -> Optional[str]:
         return DEFAULT_FUNCTION if DEFAULT_FUNCTION in self.functions else None
 
+    def with_batching(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Discovery":
+        """These functions with batch sizes and wait times overridden, e.g. `{"embed": {"max_batch_size": 64}}`."""
+        functions = dict(self.functions)
+        for name, settings in overrides.items():
+            functions[name] = _override_batching(functions, name, settings)
+        return dataclasses.replace(self, functions=functions)
+
+
+def _override_batching(functions: dict[str, AppFunction], name: str, settings: Any) -> AppFunction:
+    function = functions.get(name)
+    if function is None or function.batch is None:
+        what = "an unknown function" if function is None else "a function that is not @batched"
+        batched_names = ", ".join(n for n, fn in functions.items() if fn.batch) or "none"
+        raise AppError(f"batching: {name!r} is {what}; this app's batched functions are: {batched_names}")
+    if not isinstance(settings, Mapping):
+        raise AppError(f"batching of {name!r}: give a mapping like {{max_batch_size: 64, max_wait_ms: 10}}, not {settings!r}")
+    try:
+        return dataclasses.replace(function, batch=function.batch.override(settings))
+    except ValueError as exc:
+        raise AppError(f"batching of {name!r}: {exc}") from exc
+
 
 def discover(app_cls: type) -> Discovery:
     reports = [_inspect_method(app_cls, name) for name in _app_method_names(app_cls)]
@@ -131,6 +159,12 @@ def _inspect_method(app_cls: type, name: str) -> MethodReport:
     if inspect.isgeneratorfunction(func):
         report.check(False, "", "sync generators are not supported: make it `async def ... -> AsyncGenerator[Output, None]`")
         return report
+    batch = batch_spec(func)
+    is_generator = inspect.isasyncgenfunction(func)
+    if batch is not None and not report.check(
+        not is_generator, batch.describe(), "@batched, but an async generator: a batched function returns a list"
+    ):
+        return report
 
     params = list(inspect.signature(func).parameters.values())[1:]
     takes_metadata = len(params) == 2 and params[1].name == "metadata"
@@ -148,34 +182,72 @@ def _inspect_method(app_cls: type, name: str) -> MethodReport:
         return report
 
     input_hint = hints.get(inputs[0].name) if one_input else None
+    return_hint = hints.get("return")
     has_input_hint = one_input and report.check(input_hint is not None, "input type hint", "missing input type hint")
     has_return_hint = report.check("return" in hints, "return type hint", "missing return type hint")
-    input_ok = has_input_hint and report.check(
-        is_model(input_hint), f"input is a pydantic model ({_name(input_hint)})",
-        f"input type {_name(input_hint)} is not a pydantic model",
-    )
-    is_generator = inspect.isasyncgenfunction(func)
-    output_model = _output_model(hints.get("return"), is_generator) if has_return_hint else None
+    input_model = _list_element(input_hint) if batch else input_hint if is_model(input_hint) else None
+    input_ok = has_input_hint and report.check(input_model is not None, *_input_rule(input_hint, batch))
+    output_model = _output_model(return_hint, is_generator, batch) if has_return_hint else None
     output_ok = has_return_hint and report.check(
-        output_model is not None,
-        f"output is a pydantic model ({_name(output_model)})" + (", yielded as progress" if is_generator else ""),
-        f"return type {_name(hints.get('return'))} is not a pydantic model"
-        + (" (async generators return AsyncGenerator[Model, None])" if is_generator else ""),
+        output_model is not None, *_output_rule(return_hint, output_model, is_generator, batch)
     )
     if public and free and one_input and input_ok and output_ok:
         kind: CallKind = "generator" if is_generator else "async" if inspect.iscoroutinefunction(func) else "sync"
         report.function = AppFunction(
             name=name,
-            input_model=input_hint,
+            input_model=input_model,
             output_model=output_model,
             call_kind=kind,
             takes_metadata=takes_metadata,
             description=inspect.getdoc(func) or "",
+            batch=batch,
         )
     return report
 
 
-def _output_model(hint: Any, is_generator: bool) -> Optional[type]:
+def _input_rule(hint: Any, batch: Optional[BatchSpec]) -> tuple[str, str]:
+    """The (passed, failed) texts of the rule on the input's type."""
+    if batch is not None:
+        return (
+            f"input is a list of pydantic models ({_name(hint)}), one element per task",
+            f"input type {_name(hint)} is not a list of pydantic models; a @batched function takes list[Model]",
+        )
+    return (
+        f"input is a pydantic model ({_name(hint)})",
+        f"input type {_name(hint)} is not a pydantic model" + _unbatched_list_hint(hint),
+    )
+
+
+def _output_rule(hint: Any, model: Optional[type], is_generator: bool, batch: Optional[BatchSpec]) -> tuple[str, str]:
+    """The (passed, failed) texts of the rule on the return type."""
+    if batch is not None:
+        return (
+            f"output is a list of pydantic models ({_name(hint)}), one element per task",
+            f"return type {_name(hint)} is not a list of pydantic models; a @batched function returns list[Model]",
+        )
+    generator_hint = " (async generators return AsyncGenerator[Model, None])" if is_generator else ""
+    return (
+        f"output is a pydantic model ({_name(model)})" + (", yielded as progress" if is_generator else ""),
+        f"return type {_name(hint)} is not a pydantic model" + (generator_hint or _unbatched_list_hint(hint)),
+    )
+
+
+def _unbatched_list_hint(hint: Any) -> str:
+    # A list of models is what a batched function takes; say so to an author who forgot the decorator.
+    return " (a function on list[Model] must be @batched)" if _list_element(hint) is not None else ""
+
+
+def _list_element(hint: Any) -> Optional[type]:
+    """`Model` of a `list[Model]` (or `List[Model]`) hint, else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is list and len(args) == 1 and is_model(args[0]):
+        return args[0]
+    return None
+
+
+def _output_model(hint: Any, is_generator: bool, batch: Optional[BatchSpec]) -> Optional[type]:
+    if batch is not None:
+        return _list_element(hint)
     if is_model(hint):
         return hint
     origin = typing.get_origin(hint)
@@ -188,6 +260,9 @@ def _output_model(hint: Any, is_generator: bool) -> Optional[type]:
 
 
 def _name(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if args:  # list[In] rather than list, the generic's own name
+        return f"{_name(typing.get_origin(hint))}[{', '.join(map(_name, args))}]"
     return getattr(hint, "__name__", None) or repr(hint)
 
 

@@ -1,8 +1,9 @@
 """The app host: the one place that runs an app's code.
 
 It loads an app, runs `setup` once per setup config (a different config runs `unload`
-first), calls a function with validated input, captures logs, fetches input files and
-publishes output files, and runs `unload` on close. The dev loop, Serve replicas and
+first), calls a function with validated input (a `@batched` function once per group of
+calls that arrive together), captures logs, fetches input files and publishes output
+files, and runs `unload` on close. The dev loop, Serve replicas and
 session actors all run apps through an `AppHost`; none of them calls user code itself.
 It imports no Ray.
 
@@ -27,12 +28,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Mapping, Optional
 
 import pydantic
 
 from . import logs
 from .app import Metadata
+from .batching import Batcher
 from .discovery import AppFunction, Discovery, discover
 from .errors import AppCodeError, FieldError, FunctionNotFound, InvalidInput
 from .events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp, TaskEvent, Uploading
@@ -65,11 +67,31 @@ class SetupConfig:
     key: str
 
 
+@dataclass(frozen=True)
+class _BatchMember:
+    """One call waiting in a batch: its validated input and where its events go."""
+
+    value: Any
+    config: SetupConfig
+    metadata: Metadata
+    emit: Callable[[Any], None]
+
+
 class AppHost:
-    def __init__(self, app_cls: type, *, files: Optional[FileAccess] = None, app_id: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        app_cls: type,
+        *,
+        files: Optional[FileAccess] = None,
+        app_id: Optional[str] = None,
+        batching: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    ) -> None:
+        """`batching` overrides `@batched` settings by function, e.g. `{"embed": {"max_batch_size": 64}}`;
+        an unknown or unbatched function, or a bad setting, is an AppError naming it."""
         self.app_cls = app_cls
         self.app_id = app_id
-        self.discovery: Discovery = discover(app_cls)
+        self.discovery: Discovery = discover(app_cls).with_batching(batching or {})
+        self._batcher = Batcher(self._call_batch)
         self.files: FileAccess = files or LocalFiles()
         self._app: Any = None
         self._setup_key: Optional[str] = None
@@ -158,9 +180,7 @@ class AppHost:
                 function = self.function(call.function)
                 config = self.setup_config(call.setup)
                 value = await self._prepare_input(function, call, workdir)
-                async with self._instance(config, metadata, emit):
-                    emit(Running())
-                    output = await self._call(function, value, metadata, call.scope, emit)
+                output = await self._call_function(function, config, value, metadata, call.scope, emit)
                 emit(Completed(await self._publish_outputs(function, output, call.scope, lambda: emit(Uploading()))))
         except asyncio.CancelledError:
             emit(Cancelled())
@@ -220,6 +240,44 @@ class AppHost:
         unload = getattr(self._app, "unload", None)
         if unload is not None:
             await _invoke(unload, [], "unload")
+
+    async def _call_function(
+        self,
+        function: AppFunction,
+        config: SetupConfig,
+        value: Any,
+        metadata: Metadata,
+        scope: Optional[FileScope],
+        emit: Callable[[Any], None],
+    ) -> Any:
+        """The function's output for this one call; a batched function's comes from its group's call."""
+        if function.batch is not None:
+            member = _BatchMember(value, config, metadata, emit)
+            return await self._batcher.submit((function.name, config.key), function.batch, member)
+        async with self._instance(config, metadata, emit):
+            emit(Running())
+            return await self._call(function, value, metadata, scope, emit)
+
+    async def _call_batch(self, key: tuple[str, str], members: list[_BatchMember]) -> list[Any]:
+        """Call a batched function once for calls of one config: one output (or AppCodeError) per call.
+
+        Each call sees Running and its own `metadata.log` lines; what the function prints or
+        logs, and setup's events, go to every call of the batch.
+        """
+        function = self.functions[key[0]]
+        first = members[0]
+
+        def emit_all(event: Any) -> None:
+            for member in members:
+                member.emit(event)
+
+        with logs.capture(lambda text: emit_all(Log(text))):
+            async with self._instance(first.config, first.metadata, emit_all) as app:
+                emit_all(Running())
+                kwargs = {"metadata": [member.metadata for member in members]} if function.takes_metadata else {}
+                values = [member.value for member in members]
+                outputs = await _invoke(getattr(app, function.name), [values], function.name, **kwargs)
+        return _batch_outcomes(function, outputs, len(members))
 
     async def _call(
         self, function: AppFunction, value: Any, metadata: Metadata, scope: Optional[FileScope], emit: Callable
@@ -283,6 +341,16 @@ class AppHost:
                 raise AppCodeError(f"{function.name} returned a file that does not exist: {slot.loc} = {slot.value['path']}")
             slot.set(await self.files.publish(slot.value, scope))
         return document
+
+
+def _batch_outcomes(function: AppFunction, outputs: Any, count: int) -> list[Any]:
+    """A batched function's outputs, one per input; an exception in an element's place fails only that call."""
+    expected = f"a batched function returns a list with one {function.output_model.__name__} per input, in order"
+    if not isinstance(outputs, (list, tuple)):
+        raise AppCodeError(f"{function.name} returned {type(outputs).__name__}; {expected}")
+    if len(outputs) != count:
+        raise AppCodeError(f"{function.name} returned {len(outputs)} outputs for {count} inputs; {expected}")
+    return [AppCodeError(describe(o), app_traceback(o)) if isinstance(o, Exception) else o for o in outputs]
 
 
 def validate_model(model: type, data: Any, what: str) -> Any:
