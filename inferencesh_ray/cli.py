@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from .discovery import Discovery
+from .batching import BatchSpec
+from .discovery import AppFunction, Discovery
 from .errors import AppCodeError, AppError, InvalidInput
 from .events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp
 from .host import AppHost, Call
@@ -154,7 +155,8 @@ def _validate(args: argparse.Namespace) -> int:
     for name, fn in discovery.functions.items():
         default = " (default)" if name == discovery.default_function else ""
         arrow = "yields" if fn.call_kind == "generator" else "->"
-        print(f"  ✓ {name}{default}: {fn.input_model.__name__} {arrow} {fn.output_model.__name__}", file=out)
+        batched = f", {fn.batch.describe()}" if fn.batch else ""
+        print(f"  ✓ {name}{default}: {fn.input_model.__name__} {arrow} {fn.output_model.__name__}{batched}", file=out)
     if discovery.default_function is None:
         print("  note: no `run` function, so every call must name its function", file=out)
     return 0
@@ -165,6 +167,14 @@ def _print_rules(discovery: Discovery) -> None:
         print(f"{report.name}: {'DISCOVERED' if report.discovered else 'SKIPPED'}")
         for rule in report.rules:
             print(f"    {'✓' if rule.passed else '✗'} {rule.text}")
+        if report.function is not None and report.function.batch is not None:
+            print(f"    = {_batched_signature(report.function, report.function.batch)}")
+
+
+def _batched_signature(fn: AppFunction, batch: BatchSpec) -> str:
+    inputs, outputs = fn.input_model.__name__, fn.output_model.__name__
+    return (f"{fn.name}: {batch.describe()}; takes list[{inputs}], returns list[{outputs}]; "
+            f"each task sends one {inputs} and gets one {outputs}")
 
 
 def _field_names(model: type) -> list[str]:

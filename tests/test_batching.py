@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
 from helpers import events_of, run_api, wait_terminal
+from test_cli import cli
 from test_discovery import failed, reports
 
 from inferencesh_ray import batched
@@ -278,7 +280,24 @@ def test_when_every_task_of_a_running_batch_is_cancelled_the_call_is_too(app):
     assert after[-1] == Completed({"text": "next", "batch_size": 1, "mode": "a"})
 
 
-# The HTTP API
+# The dev loop, validate and the HTTP API
+
+
+def test_validate_explains_the_batched_signature_and_dev_runs_a_batch_of_one(apps):
+    path = str(apps / "batched_app.py")
+    summary = cli("app", "validate", path)
+    assert "  ✓ embed: EmbedInput -> EmbedOutput, batched (max 4 per batch, waits up to 50 ms)" in summary.stdout
+    verbose = cli("app", "validate", path, "--verbose")
+    assert (
+        "    = embed: batched (max 4 per batch, waits up to 50 ms); takes list[EmbedInput], returns list[EmbedOutput]; "
+        "each task sends one EmbedInput and gets one EmbedOutput"
+    ) in verbose.stdout
+    dev = cli("app", "dev", path, "-f", "embed", "--input", '{"text": "hello"}')
+    assert dev.returncode == 0, dev.stderr
+    assert json.loads(dev.stdout) == {"text": "hello", "batch_size": 1, "mode": "a"}
+    assert "running embed...\nbatch of 1\nembedding hello" in dev.stderr
+    failing = cli("app", "dev", path, "-f", "embed", "--input", '{"text": "no", "fail": true}')
+    assert failing.returncode == 1 and "error: ValueError: cannot embed no" in failing.stderr
 
 
 def test_tasks_sent_together_over_http_are_batched(apps, tmp_path):
