@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
@@ -21,6 +21,7 @@ from .catalog import LATEST
 from .discovery import discover
 from .errors import AppError
 from .ingress import Ingress
+from .listener import parse_address
 from .loader import load_app
 from .middleware import MAX_REQUEST_BYTES
 from .replica import AppReplica
@@ -83,6 +84,18 @@ class ServeArgs(BaseModel):
     num_replicas: Optional[int] = Field(
         None, ge=1, description="Replicas of each app's deployment; a config's `deployments:` entry overrides it"
     )
+    listen: Optional[str] = Field(
+        None,
+        description="HOST:PORT where the ingress serves the API itself, without Serve's proxy (~4x less per request); "
+        "one ingress replica per node",
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _address(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            parse_address(value)
+        return value
 
     @model_validator(mode="after")
     def _one_or_more_apps(self) -> "ServeArgs":
@@ -136,7 +149,7 @@ def build(args: ServeArgs) -> Application:
         ).bind(path, name, files)
     ingress = serve.deployment(Ingress, name=INGRESS_NAME, max_ongoing_requests=1000)
     state = {"database": args.database_path(), "retention_s": args.task_retention_s, "lease_s": args.task_lease_s,
-             "max_sessions": args.max_sessions}
+             "max_sessions": args.max_sessions, "listen": args.listen}
     return ingress.bind(infos, handles, state, files, args.api_keys_file, args.max_request_bytes)
 
 

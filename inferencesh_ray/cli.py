@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--replicas", type=int, help="replicas of the app's deployment (default 1)")
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help="the ingress also serves the API itself here, without Serve's proxy (faster)")
     serve.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     serve.add_argument("--data-dir", help="where tasks (and, by default, files) live (default ~/.inferencesh_ray)")
     serve.add_argument("--storage", help="storage root URL for files: file:///... or s3://bucket/prefix (default DATA_DIR/files)")
@@ -113,13 +115,20 @@ def read_json_arg(value: Optional[str], flag: str) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from .listener import parse_address
     from .serve_command import serve_forever
 
     if args.replicas is not None and args.replicas < 1:
         raise UsageError("--replicas must be at least 1")
+    if args.listen is not None:
+        try:
+            parse_address(args.listen)
+        except ValueError as exc:
+            raise UsageError(f"--listen: {exc}") from exc
     if Path(args.target).suffix in (".yaml", ".yml"):
         given = [flag for flag, value in [("--name", args.name), ("--replicas", args.replicas),
-                 ("--data-dir", args.data_dir), ("--storage", args.storage), ("--api-keys-file", args.api_keys_file)]
+                 ("--data-dir", args.data_dir), ("--storage", args.storage), ("--api-keys-file", args.api_keys_file),
+                 ("--listen", args.listen)]
                  if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)} apply to an app path; with a config file, set them in its `args:`")
@@ -133,6 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         storage=args.storage,
         api_keys_file=args.api_keys_file,
+        listen=args.listen,
     )
 
 

@@ -18,6 +18,7 @@ from .api import create_app
 from .auth import Auth, load_keys
 from .catalog import AppCatalog, AppInfo
 from .dispatch import Dispatcher, serve_backend
+from .listener import Listener
 from .local_ray import pin_replica_grpc_to_node_address
 from .middleware import MAX_REQUEST_BYTES
 from .server_files import FilesConfig, ServerFiles
@@ -72,8 +73,9 @@ class Ingress:
         registry = named_actor(SessionRegistry, "sessions", database, RayWorkers(), limit=state["max_sessions"])
         self.sessions = Sessions(registry, call_worker, self._worker_spec)
         self._handles = handles
-        self._max_request_bytes = max_request_bytes
         self._specs: dict[str, WorkerSpec] = {}
+        self._asgi = create_app(self.catalog, self.dispatcher, self.auth, self.files, self.sessions, max_request_bytes)
+        self._listener = Listener(self._asgi, state["listen"]) if state.get("listen") else None
 
     async def _worker_spec(self, app: AppInfo) -> WorkerSpec:
         """A session worker for `app`: its code, files and the resources of its deployment's replicas."""
@@ -83,7 +85,9 @@ class Ingress:
         return self._specs[app.name]
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.catalog, self.dispatcher, self.auth, self.files, self.sessions, self._max_request_bytes)
+        return self._asgi
 
     async def __del__(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
         await self.dispatcher.close()

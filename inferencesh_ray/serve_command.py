@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from .auth import is_loopback, load_keys
 from .errors import AppError
+from .listener import parse_address
 
 
 def serve_forever(
@@ -24,13 +25,15 @@ def serve_forever(
     data_dir: Optional[str],
     storage: Optional[str],
     api_keys_file: Optional[str],
+    listen: Optional[str] = None,
 ) -> int:
     keys = load_keys(api_keys_file)
-    if not keys and not is_loopback(host):
-        raise AppError(
-            f"refusing to listen on {host} with no API keys: set INFERENCESH_RAY_API_KEYS (or --api-keys-file), "
-            "or bind 127.0.0.1"
-        )
+    for address in [host] + ([parse_address(listen)[0]] if listen else []):
+        if not keys and not is_loopback(address):
+            raise AppError(
+                f"refusing to listen on {address} with no API keys: set INFERENCESH_RAY_API_KEYS (or --api-keys-file), "
+                "or bind 127.0.0.1"
+            )
     if not keys:
         _say(f"no API keys configured: answering requests from this machine only ({host} is loopback)")
     is_config = Path(target).suffix in (".yaml", ".yml")
@@ -51,10 +54,11 @@ def serve_forever(
         if is_config:
             names = _deploy_config(Path(target), host, port)
         else:
-            names = [_deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file)]
+            names = [_deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file, listen)]
         if not _wait_running(names, stop):
             return 1
-        _say(f"serving {', '.join(names)} at http://{host}:{port} (API docs: /docs); Ctrl-C to stop")
+        where = f"http://{host}:{port}" + (f" and, without Serve's proxy, http://{listen}" if listen else "")
+        _say(f"serving {', '.join(names)} at {where} (API docs: /docs); Ctrl-C to stop")
         stop.wait()
         _say("shutting down: unloading apps...")
         return 0
@@ -80,13 +84,13 @@ def _check_app(target: str) -> None:
         raise AppError(f"cannot serve {target}: no functions found (run `infsh-ray app validate --verbose`)")
 
 
-def _deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file) -> str:
+def _deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file, listen) -> str:
     from ray import serve
 
     from .builder import ServeArgs, build
 
     args = ServeArgs(path=target, name=name, num_replicas=replicas, api_keys_file=api_keys_file, storage=storage,
-                     **({"data_dir": data_dir} if data_dir else {}))
+                     listen=listen, **({"data_dir": data_dir} if data_dir else {}))
     app_name = args.apps[0].name or _default_name(target)
     serve.start(http_options={"host": host, "port": port})
     serve.run(build(args), name=app_name, route_prefix="/")

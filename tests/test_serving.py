@@ -6,7 +6,7 @@ import time
 
 import httpx
 import pytest
-from conftest import ROOT
+from conftest import ROOT, free_port
 from inferencesh import TaskStatus as SdkStatus
 from inferencesh import inference
 
@@ -15,11 +15,16 @@ from inferencesh_ray.status import TaskStatus
 pytestmark = pytest.mark.ray
 
 
+LISTEN = f"127.0.0.1:{free_port()}"
+
+
 @pytest.fixture(scope="module")
 def counting(ray_serve, apps_dir=ROOT / "tests" / "apps", tmp_path_factory=None):
+    """The counting app through Serve's proxy; its ingress also listens itself on LISTEN."""
     data = ray_serve.events.parent / "counting-data"
     url = ray_serve.deploy(
-        "counting", path=str(apps_dir / "counting.py"), num_replicas=2, data_dir=str(data), task_lease_s=3
+        "counting", path=str(apps_dir / "counting.py"), num_replicas=2, data_dir=str(data), task_lease_s=3,
+        listen=LISTEN,
     )
     return url
 
@@ -126,3 +131,15 @@ def test_warm_routing_sets_up_each_config_about_once(counting, ray_serve):
     setups = len([e for e in ray_serve.lifecycle() if e.startswith("setup:")]) - before
     # 2 replicas, 2 configs: each replica settles on one config; a few switches at the start are fine.
     assert setups <= 6, ray_serve.lifecycle()
+
+
+def test_the_api_served_by_the_ingress_itself_with_listen(counting):
+    direct = f"http://{LISTEN}"
+    assert httpx.get(f"{direct}/health").json() == {"status": "ok"}
+    result = client(direct).run({"app": "counting", "input": {"text": "hi", "times": 2}})
+    assert result["status"] == SdkStatus.COMPLETED and result["output"]["text"] == "hihi"
+    # One ingress, two doors: a task made through one is read through the other.
+    made = client(counting).run({"app": "counting", "input": {"text": "x"}}, wait=False)
+    assert wait_status(direct, made["id"], lambda t: TaskStatus(t["status"]).is_terminal)["output"]["text"] == "x"
+    assert httpx.post(f"{direct}/apps/run", content=b"{x", headers={"content-type": "application/json"}).status_code == 400
+
