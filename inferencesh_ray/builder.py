@@ -44,6 +44,10 @@ class AppSpec(BaseModel):
     path: str = Field(description="App directory, .py file or package.module:Class")
     name: Optional[str] = Field(None, description="App name clients use; default: the directory's, `_` as `-`")
     version: str = Field(LATEST, description="The version clients may name as app@version")
+    batching: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per @batched function, settings over the decorator's: {embed: {max_batch_size: 64, max_wait_ms: 10}}",
+    )
 
 
 class ServeArgs(BaseModel):
@@ -136,17 +140,21 @@ def build(args: ServeArgs) -> Application:
         except AppError as exc:
             raise AppError(f"cannot serve {spec.path}: {exc}") from exc
         name = spec.name or loaded.name
-        discovery = discover(loaded.app_cls)
+        try:
+            discovery = discover(loaded.app_cls).with_batching(spec.batching)
+        except AppError as exc:
+            raise AppError(f"cannot serve {spec.path}: {exc}") from exc
         if not discovery.functions:
             raise AppError(f"cannot serve {spec.path}: no functions found (run `infsh-ray app validate --verbose`)")
         if name in handles:
             raise AppError(f"two apps are named {name!r}; give one a different `name`")
-        infos.append({"name": name, "version": spec.version, "schema": functions_schema(discovery), "path": path})
+        infos.append({"name": name, "version": spec.version, "schema": functions_schema(discovery), "path": path,
+                      "batching": spec.batching})
         options = {"num_replicas": args.num_replicas} if args.num_replicas else {}
         handles[name] = serve.deployment(
             AppReplica, name=name, max_ongoing_requests=APP_MAX_ONGOING_REQUESTS, request_router_config=WARM_ROUTING,
             **options,
-        ).bind(path, name, files)
+        ).bind(path, name, files, spec.batching)
     ingress = serve.deployment(Ingress, name=INGRESS_NAME, max_ongoing_requests=1000)
     state = {"database": args.database_path(), "retention_s": args.task_retention_s, "lease_s": args.task_lease_s,
              "max_sessions": args.max_sessions, "listen": args.listen}

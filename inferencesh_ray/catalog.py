@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from jsonschema import Draft202012Validator
@@ -31,6 +31,8 @@ class AppInfo:
     version: str = LATEST
     path: str = ""
     """Where the app's code is (app directory, .py file or module), for session workers."""
+    batching: dict[str, Any] = field(default_factory=dict)
+    """The deployment's settings of @batched functions, for session workers too."""
 
     @property
     def functions(self) -> dict[str, dict[str, Any]]:

@@ -81,7 +81,7 @@ class Ingress:
         """A session worker for `app`: its code, files and the resources of its deployment's replicas."""
         if app.name not in self._specs:
             options = await self._handles[app.name].actor_options.remote()
-            self._specs[app.name] = WorkerSpec(app.name, app.path, self.files.config, options)
+            self._specs[app.name] = WorkerSpec(app.name, app.path, self.files.config, options, app.batching)
         return self._specs[app.name]
 
     def __serve_build_asgi_app__(self):

@@ -7,7 +7,7 @@ routes them to replicas already warm with that config; the host itself runs
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Optional
 
 from ray import serve
 
@@ -19,9 +19,9 @@ from .session_worker import replica_actor_options
 
 
 class AppReplica:
-    def __init__(self, app_path: str, app_name: str, files: FilesConfig) -> None:
+    def __init__(self, app_path: str, app_name: str, files: FilesConfig, batching: Optional[dict] = None) -> None:
         pin_replica_grpc_to_node_address()
-        self.host = AppHost.load(app_path, app_id=app_name, files=ServerFiles(files))
+        self.host = AppHost.load(app_path, app_id=app_name, files=ServerFiles(files), batching=batching)
 
     async def run(self, call: Call) -> AsyncIterator[TaskEvent]:
         await self._warm(serve.get_multiplexed_model_id())

@@ -32,6 +32,8 @@ class WorkerSpec:
     files: FilesConfig
     options: dict[str, Any] = field(default_factory=dict)
     """Ray actor options: those of the app deployment's replicas."""
+    batching: dict[str, Any] = field(default_factory=dict)
+    """Settings of @batched functions, as the deployment's."""
 
 
 def worker_name(session_id: str) -> str:
@@ -40,7 +42,7 @@ def worker_name(session_id: str) -> str:
 
 class SessionWorker:
     def __init__(self, spec: WorkerSpec) -> None:
-        self.host = AppHost.load(spec.path, app_id=spec.app, files=ServerFiles(spec.files))
+        self.host = AppHost.load(spec.path, app_id=spec.app, files=ServerFiles(spec.files), batching=spec.batching)
         self._turn = asyncio.Lock()  # FIFO: calls run one at a time, in the order they came
         self._calls: set[asyncio.Task] = set()
 
