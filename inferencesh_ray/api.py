@@ -1,7 +1,7 @@
 """The HTTP API: routing, auth, validation, the `{"data": ...}` envelope and NDJSON streams.
 
 It stays thin: it translates HTTP to the catalog (which app, is the input valid), the
-dispatcher (start or cancel a task) and the task store (read or watch a task), and
+dispatcher (start or cancel a task) and its recent tasks (read or watch a task), and
 speaks the wire protocol of the official `inferencesh` SDK 0.36. It needs no Ray, so
 it is tested with an in-process store and app host as well as on Ray.
 """
@@ -28,6 +28,7 @@ from .files_api import files_router
 from .host import Call
 from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
+from .recent import RecentTasks
 from .server_files import ServerFiles
 from .sessions_api import Sessions
 from .status import TaskStatus
@@ -79,7 +80,7 @@ def create_api(
         description="Tasks, apps and streams, wire-compatible with the official inferencesh SDK.",
         version="0.1.0",
     )
-    store = dispatcher.store
+    tasks = dispatcher.tasks
     _install_error_handlers(api)
 
     def owner(request: Request) -> str:
@@ -123,7 +124,7 @@ def create_api(
         return await run(body, request, caller, app_id)
 
     async def task_or_404(task_id: str, caller: str) -> dict:
-        task = await store.get(task_id, caller)
+        task = await tasks.get(task_id, caller)
         if task is None:
             raise not_found(f"no task {task_id!r}")
         return task
@@ -147,7 +148,7 @@ def create_api(
     async def stream_task(task_id: str, caller: str = Depends(owner)) -> StreamingResponse:
         await task_or_404(task_id, caller)
         return StreamingResponse(
-            _task_lines(store, task_id, caller, heartbeat_s, resend_idle_s),
+            _task_lines(tasks, task_id, caller, heartbeat_s, resend_idle_s),
             media_type="application/x-ndjson",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -168,12 +169,12 @@ def create_api(
 
 
 async def _task_lines(
-    store: Any, task_id: str, owner: str, heartbeat_s: float, resend_idle_s: float
+    tasks: RecentTasks, task_id: str, owner: str, heartbeat_s: float, resend_idle_s: float
 ) -> AsyncIterator[bytes]:
     """A snapshot first, the full task on every change, heartbeats (and the task again) when idle, ending after the terminal one."""
     seen, sent_at = -1, 0.0
     while True:
-        result = await store.watch(task_id, owner, seen, heartbeat_s)
+        result = await tasks.watch(task_id, owner, seen, heartbeat_s)
         if result is None:
             return
         version, task = result

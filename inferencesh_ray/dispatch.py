@@ -2,9 +2,12 @@
 
 A `Dispatcher` lives in each ingress replica. It creates the task in the store, calls
 the app's backend (a Serve deployment handle, streaming the app host's events) in a
-background asyncio task that no HTTP request owns, and applies each event to the
-store. Cancels reach it directly, or through the store when another ingress replica
-took the cancel; its heartbeat renews the lease that keeps its tasks from being reaped.
+background asyncio task that no HTTP request owns, and applies the events to the
+store: one write at a time per task, the events that arrive meanwhile together in the
+next. What the store returns goes to `tasks` (RecentTasks), which answers reads and
+streams of the task from memory. Cancels reach it directly, or through the store when
+another ingress replica took the cancel; its heartbeat renews the lease that keeps its
+tasks from being reaped.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 
 from .events import Cancelled, Failed, TaskEvent
 from .host import Call
+from .recent import RecentTasks
 from .tracebacks import describe
 
 _log = logging.getLogger(__name__)
@@ -43,6 +47,7 @@ class Dispatcher:
     def __init__(self, store: Any, backends: dict[str, Backend], heartbeat_s: float = 1.0) -> None:
         self.id = f"dispatcher-{uuid.uuid4().hex[:12]}"
         self.store = store
+        self.tasks = RecentTasks(store)
         self._backends = backends
         self._running: dict[str, asyncio.Task] = {}
         self._heartbeat_s = heartbeat_s
@@ -60,32 +65,48 @@ class Dispatcher:
         """Create the task (QUEUED) and start it on `backend`; returns the task as created."""
         self._ensure_heartbeat()
         task = await self.store.create(owner, fields, self.id, task_id)
+        self.tasks.put(owner, task)
         call = replace(call, metadata={**call.metadata, "task_id": task["id"]})
-        self._running[task["id"]] = asyncio.create_task(self._drive(task["id"], backend, call, setup_key))
+        self._running[task["id"]] = asyncio.create_task(self._drive(owner, task["id"], backend, call, setup_key))
         return task
 
     async def cancel(self, task_id: str, owner: str) -> Optional[dict]:
         task = await self.store.cancel(task_id, owner)
         if task is not None:
+            self.tasks.put(owner, task)
             self._cancel_local(task_id)
         return task
 
-    async def _drive(self, task_id: str, backend: Backend, call: Call, setup_key: str) -> None:
+    async def _drive(self, owner: str, task_id: str, backend: Backend, call: Call, setup_key: str) -> None:
+        events: asyncio.Queue[Optional[TaskEvent]] = asyncio.Queue()
+        writer = asyncio.create_task(self._write(owner, task_id, events))
         try:
             async for event in backend(call, setup_key):
-                await self.store.apply(task_id, [event])
+                events.put_nowait(event)
         except asyncio.CancelledError:
-            if self._closing:
-                await self.store.apply(task_id, [Failed("the server shut down before this task finished; submit it again")])
-            else:
-                await self.store.apply(task_id, [Cancelled()])
+            closing = "the server shut down before this task finished; submit it again"
+            events.put_nowait(Failed(closing) if self._closing else Cancelled())
         except Exception as exc:
             _log.warning("task %s: its replica failed: %s", task_id, describe(exc))
             # Only the type: Ray's message names processes, addresses and nodes of the cluster.
-            reason = f"the replica running this task failed ({type(exc).__name__}); submit it again"
-            await self.store.apply(task_id, [Failed(reason)])
+            events.put_nowait(Failed(f"the replica running this task failed ({type(exc).__name__}); submit it again"))
         finally:
+            events.put_nowait(None)
+            await writer
             self._running.pop(task_id, None)
+
+    async def _write(self, owner: str, task_id: str, events: asyncio.Queue[Optional[TaskEvent]]) -> None:
+        """Apply the events in order, all those waiting in one write; None ends it."""
+        while True:
+            batch = [await events.get()]
+            while not events.empty():
+                batch.append(events.get_nowait())
+            done = batch[-1] is None
+            batch = [event for event in batch if event is not None]
+            if batch:
+                self.tasks.put(owner, await self.store.apply(task_id, batch))
+            if done:
+                return
 
     def _cancel_local(self, task_id: str) -> None:
         running = self._running.get(task_id)

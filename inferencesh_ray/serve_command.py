@@ -28,10 +28,10 @@ def serve_forever(
     listen: Optional[str] = None,
 ) -> int:
     keys = load_keys(api_keys_file)
-    for address in [host] + ([parse_address(listen)[0]] if listen else []):
-        if not keys and not is_loopback(address):
+    for bound in [host] + ([parse_address(listen)[0]] if listen else []):
+        if not keys and not is_loopback(bound):
             raise AppError(
-                f"refusing to listen on {address} with no API keys: set INFERENCESH_RAY_API_KEYS (or --api-keys-file), "
+                f"refusing to listen on {bound} with no API keys: set INFERENCESH_RAY_API_KEYS (or --api-keys-file), "
                 "or bind 127.0.0.1"
             )
     if not keys:

@@ -1,0 +1,98 @@
+"""Reads and streams of the tasks an ingress dispatched, from memory; its writes, coalesced."""
+
+from __future__ import annotations
+
+import asyncio
+
+from inferencesh_ray.dispatch import Dispatcher
+from inferencesh_ray.events import Completed, Log, Running
+from inferencesh_ray.host import Call
+from inferencesh_ray.recent import RecentTasks
+from inferencesh_ray.status import TaskStatus
+from inferencesh_ray.store import TaskStore
+
+
+class CountingStore:
+    """The real store, counting the calls that would cross to its actor, each taking `delay`."""
+
+    def __init__(self, path, delay: float = 0.0) -> None:
+        self._store = TaskStore(str(path))
+        self.calls: list[str] = []
+        self.applied: list[int] = []
+        self._delay = delay
+
+    def __getattr__(self, name):
+        method = getattr(self._store, name)
+
+        async def call(*args):
+            self.calls.append(name)
+            if name == "apply":
+                self.applied.append(len(args[1]))
+            await asyncio.sleep(self._delay)
+            return await method(*args)
+
+        return call
+
+
+def test_reads_of_dispatched_tasks_never_reach_the_store(tmp_path):
+    async def main():
+        store = CountingStore(tmp_path / "t.db")
+        recent = RecentTasks(store)
+        task = await store.create("me", {"input": {}}, "d1")
+        recent.put("me", task)
+        store.calls.clear()
+        mine = await recent.get(task["id"], "me")
+        theirs = await recent.get(task["id"], "someone-else")
+        watched = await recent.watch(task["id"], "someone-else", -1, 0.01)
+        unknown = await recent.get("nope", "me")
+        return mine, theirs, watched, unknown, store.calls
+
+    mine, theirs, watched, unknown, calls = asyncio.run(main())
+    assert mine["status"] == TaskStatus.QUEUED and theirs is None and watched is None and unknown is None
+    assert calls == ["get"]  # only the task it never dispatched
+
+
+def test_a_watch_wakes_on_the_change_and_finished_tasks_are_forgotten_in_turn(tmp_path):
+    async def main():
+        store = CountingStore(tmp_path / "t.db")
+        recent = RecentTasks(store, keep=2)
+        task = await store.create("me", {"input": {}}, "d1")
+        recent.put("me", task)
+        version, _ = await recent.watch(task["id"], "me", -1, 1.0)
+        waiting = asyncio.create_task(recent.watch(task["id"], "me", version, 5.0))
+        await asyncio.sleep(0.01)
+        recent.put("me", await store.apply(task["id"], [Completed({"ok": 1})]))
+        woken = await asyncio.wait_for(waiting, 1.0)
+        idle = await recent.watch(task["id"], "me", woken[0], 0.01)  # terminal: no wait
+        others = [await store.create("me", {"input": {}}, "d1") for _ in range(2)]
+        for other in others:
+            recent.put("me", await store.apply(other["id"], [Completed({})]))
+        store.calls.clear()
+        await recent.get(task["id"], "me")  # the oldest of three finished: gone to the store
+        await recent.get(others[1]["id"], "me")
+        return woken, idle, store.calls
+
+    woken, idle, calls = asyncio.run(main())
+    assert woken[1]["status"] == TaskStatus.COMPLETED and idle[0] == woken[0]
+    assert calls == ["get"]
+
+
+def test_events_arriving_during_a_write_go_together_in_the_next(tmp_path):
+    async def backend(call, setup_key):
+        yield Running()
+        for index in range(20):
+            yield Log(f"line {index}")
+        yield Completed({"done": True})
+
+    async def main():
+        store = CountingStore(tmp_path / "t.db", delay=0.02)
+        dispatcher = Dispatcher(store, {"app": backend})
+        task = await dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}})
+        while dispatcher._running:
+            await asyncio.sleep(0.01)
+        await dispatcher.close()
+        return store.applied, await dispatcher.tasks.get(task["id"], "me")
+
+    applied, done = asyncio.run(main())
+    assert sum(applied) == 22 and len(applied) <= 3, applied
+    assert done["status"] == TaskStatus.COMPLETED and len(done["logs"]) == 20
