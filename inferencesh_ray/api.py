@@ -83,7 +83,8 @@ def create_api(
     tasks = dispatcher.tasks
     _install_error_handlers(api)
 
-    def owner(request: Request) -> str:
+    # async: FastAPI runs a sync dependency in a worker thread, a thread hop on every request.
+    async def owner(request: Request) -> str:
         return auth.owner(request.headers.get("authorization"), request.client.host if request.client else None)
 
     api.include_router(files_router(files, owner))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -39,7 +39,7 @@ class CreateFiles(BaseModel):
     files: list[FileRequest] = Field(min_length=1, max_length=100)
 
 
-def files_router(files: ServerFiles, owner: Callable[..., str]) -> APIRouter:
+def files_router(files: ServerFiles, owner: Callable[..., Awaitable[str]]) -> APIRouter:
     router = APIRouter(tags=["files"])
     store, limit = files.store, files.config.max_file_bytes
 
@@ -97,7 +97,7 @@ def files_router(files: ServerFiles, owner: Callable[..., str]) -> APIRouter:
                        signature: Optional[str] = None) -> Response:
         file = await file_or_404(file_id)
         refused = files.signer.check("get", file_id, expires, signature)
-        if refused is not None and not _owned_by(file, request, owner):
+        if refused is not None and not await _owned_by(file, request, owner):
             if refused == "this link has expired":
                 raise ApiProblem(403, "forbidden", "this link has expired; GET /files/{id} with your key for a new one")
             raise not_found(f"no file {file_id!r}")
@@ -120,11 +120,11 @@ def files_router(files: ServerFiles, owner: Callable[..., str]) -> APIRouter:
     return router
 
 
-def _owned_by(file: StoredFile, request: Request, owner: Callable[..., str]) -> bool:
+async def _owned_by(file: StoredFile, request: Request, owner: Callable[..., Awaitable[str]]) -> bool:
     if not request.headers.get("authorization"):
         return False
     try:
-        return owner(request) == file.owner
+        return await owner(request) == file.owner
     except ApiProblem:
         return False
 

@@ -84,7 +84,7 @@ class Sessions:
 
         return run
 
-    def router(self, owner: Callable[..., str]) -> APIRouter:
+    def router(self, owner: Callable[..., Awaitable[str]]) -> APIRouter:
         router = APIRouter(tags=["sessions"])
         registry = self.registry
 
