@@ -4,7 +4,7 @@ A `Dispatcher` lives in each ingress replica. It creates the task in the store, 
 the app's backend (a Serve deployment handle, streaming the app host's events) in a
 background asyncio task that no HTTP request owns, and applies the events to the
 store: one write at a time per task, the events that arrive meanwhile together in the
-next. What the store returns goes to `tasks` (RecentTasks), which answers reads and
+next, and the writes of all its tasks grouped into one store call (StoreWrites). What the store returns goes to `tasks` (RecentTasks), which answers reads and
 streams of the task from memory. Cancels reach it directly, or through the store when
 another ingress replica took the cancel; its heartbeat renews the lease that keeps its
 tasks from being reaped.
@@ -22,6 +22,7 @@ from .events import Cancelled, Failed, TaskEvent
 from .host import Call
 from .recent import RecentTasks
 from .tracebacks import describe
+from .writes import StoreWrites
 
 _log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Dispatcher:
         self.id = f"dispatcher-{uuid.uuid4().hex[:12]}"
         self.store = store
         self.tasks = RecentTasks(store)
+        self._writes = StoreWrites(store)
         self._backends = backends
         self._running: dict[str, asyncio.Task] = {}
         self._heartbeat_s = heartbeat_s
@@ -64,14 +66,14 @@ class Dispatcher:
     ) -> dict:
         """Create the task (QUEUED) and start it on `backend`; returns the task as created."""
         self._ensure_heartbeat()
-        task = await self.store.create(owner, fields, self.id, task_id)
+        task = await self._writes.create(owner, fields, self.id, task_id)
         self.tasks.put(owner, task)
         call = replace(call, metadata={**call.metadata, "task_id": task["id"]})
         self._running[task["id"]] = asyncio.create_task(self._drive(owner, task["id"], backend, call, setup_key))
         return task
 
     async def cancel(self, task_id: str, owner: str) -> Optional[dict]:
-        task = await self.store.cancel(task_id, owner)
+        task = await self._writes.cancel(task_id, owner)
         if task is not None:
             self.tasks.put(owner, task)
             self._cancel_local(task_id)
@@ -104,7 +106,7 @@ class Dispatcher:
             done = batch[-1] is None
             batch = [event for event in batch if event is not None]
             if batch:
-                self.tasks.put(owner, await self.store.apply(task_id, batch))
+                self.tasks.put(owner, await self._writes.apply(task_id, batch))
             if done:
                 return
 

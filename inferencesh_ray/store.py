@@ -125,6 +125,23 @@ class TaskStore:
 
     # -- changing ---------------------------------------------------------------
 
+    async def write(self, ops: list[tuple[str, tuple]]) -> list[Any]:
+        """Run `create`, `apply` and `cancel` calls in order, in one transaction; each
+        gets its result, or the exception it raised, in its place."""
+        results: list[Any] = []
+        self._db.execute("BEGIN")
+        try:
+            for op, args in ops:
+                if op not in ("create", "apply", "cancel"):
+                    raise ValueError(f"not a task store write: {op!r}")
+                try:
+                    results.append(await getattr(self, op)(*args))
+                except Exception as exc:
+                    results.append(exc)
+        finally:
+            self._db.execute("COMMIT")
+        return results
+
     async def apply(self, task_id: str, events: Iterable[TaskEvent]) -> Optional[dict[str, Any]]:
         """Apply the host's events in order; a terminal task never changes again."""
         live = self._live.get(task_id)

@@ -10,6 +10,7 @@ from inferencesh_ray.host import Call
 from inferencesh_ray.recent import RecentTasks
 from inferencesh_ray.status import TaskStatus
 from inferencesh_ray.store import TaskStore
+from inferencesh_ray.writes import StoreWrites
 
 
 class CountingStore:
@@ -26,8 +27,8 @@ class CountingStore:
 
         async def call(*args):
             self.calls.append(name)
-            if name == "apply":
-                self.applied.append(len(args[1]))
+            if name == "write":
+                self.applied += [len(op_args[1]) for op, op_args in args[0] if op == "apply"]
             await asyncio.sleep(self._delay)
             return await method(*args)
 
@@ -96,3 +97,21 @@ def test_events_arriving_during_a_write_go_together_in_the_next(tmp_path):
     applied, done = asyncio.run(main())
     assert sum(applied) == 22 and len(applied) <= 3, applied
     assert done["status"] == TaskStatus.COMPLETED and len(done["logs"]) == 20
+
+
+def test_concurrent_writes_share_one_store_call_and_each_gets_its_own_answer(tmp_path):
+    async def main():
+        store = CountingStore(tmp_path / "t.db", delay=0.02)
+        writes = StoreWrites(store)
+        tasks = await asyncio.gather(*(writes.create("me", {"input": {"n": n}}, "d1") for n in range(10)))
+        missing = await writes.apply("nope", [Completed({})])
+        bad = await asyncio.gather(writes.cancel(tasks[0]["id"], "me"), writes.apply(tasks[1]["id"], "not events"),
+                                   return_exceptions=True)
+        return tasks, missing, bad, store.calls
+
+    tasks, missing, bad, calls = asyncio.run(main())
+    assert [task["input"]["n"] for task in tasks] == list(range(10)) and len({t["id"] for t in tasks}) == 10
+    assert missing is None
+    # One write failing fails only its caller; the cancel beside it went through.
+    assert bad[0]["status"] == TaskStatus.CANCELLING and isinstance(bad[1], Exception)
+    assert calls.count("write") <= 4, calls
