@@ -21,7 +21,7 @@ from inferencesh_ray.loader import load_app
 EXAMPLES = ROOT / "examples"
 FUNCTIONS = {
     "image_model": ["generate", "upscale", "inpaint", "run"],
-    "text_embeddings": ["embed", "similarity"],
+    "text_embeddings": ["embed", "embed_batched", "similarity"],
     "chat": ["chat", "completion"],
     "csv_pipeline": ["validate", "process", "export"],
 }
@@ -46,7 +46,14 @@ class Session:
         self.host = AppHost.load(str(EXAMPLES / name))
 
     def events(self, function: str | None, data: dict, setup: dict | None = None) -> list:
-        return self.loop.run_until_complete(events_of(self.host, Call(function, data, setup)))
+        return self.concurrent_events(function, [data], setup)[0]
+
+    def concurrent_events(self, function: str | None, inputs: list[dict], setup: dict | None = None) -> list[list]:
+        """The events of one call per input, all started together (as tasks reaching one replica)."""
+        async def together() -> list[list]:
+            return await asyncio.gather(*(events_of(self.host, Call(function, data, setup)) for data in inputs))
+
+        return self.loop.run_until_complete(together())
 
     def __call__(self, function: str | None, data: dict, setup: dict | None = None) -> dict:
         last = self.events(function, data, setup)[-1]
@@ -145,6 +152,19 @@ def test_embed_gives_one_unit_vector_per_text(embeddings):
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
     assert np.allclose(vectors[0], vectors[1], atol=1e-5)
     assert vectors[0] @ vectors[2] < 0.5  # unrelated sentences are far apart
+
+
+def test_embed_batched_encodes_concurrent_tasks_together_and_gives_each_its_own_vectors(embeddings):
+    inputs = [{"texts": ["A cat sat on the mat."]}, {"texts": ["Stock prices fell.", "The bakery opens at seven."]},
+              {"texts": ["A cat sat on the mat.", "GPUs are fast.", "Stock prices fell."]}]
+    runs = embeddings.concurrent_events("embed_batched", inputs)
+    for data, events in zip(inputs, runs):
+        assert isinstance(events[-1], Completed), events[-1]
+        alone = embeddings("embed", data)  # the unbatched function, one task at a time
+        assert np.allclose(events[-1].output["embeddings"], alone["embeddings"], atol=1e-5)
+        assert events[-1].output["dimensions"] == 384
+    logs = [event.text for event in runs[1] if isinstance(event, Log)]
+    assert "embedding 2 text(s), batched with 2 other task(s)" in logs  # one batch of the three tasks
 
 
 def test_similarity_ranks_the_relevant_document_first(embeddings):

@@ -85,6 +85,8 @@ def test_text_embeddings_rank_and_embed(client):
     assert [r["index"] for r in ranked] == [1, 0]
     embedded = client.run({"app": "text-embeddings:embed", "input": {"texts": ["one", "two"]}})["output"]
     assert len(embedded["embeddings"]) == 2 and embedded["dimensions"] == 384
+    batched = client.run({"app": "text-embeddings:embed_batched", "input": {"texts": ["one", "two"]}})["output"]
+    assert np.allclose(batched["embeddings"], embedded["embeddings"], atol=1e-5)
 
 
 def test_chat_keeps_history_in_a_session_and_completion_is_stateless(client):
