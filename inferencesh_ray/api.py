@@ -108,13 +108,8 @@ def create_api(
         task_id, backend = uuid.uuid4().hex, dispatcher.backend(app.name)
         if body.session is None and body.session_timeout is None:
             return envelope(await dispatcher.submit(caller, backend, call, setup_key, fields, task_id))
-        admitted = await sessions.admit(caller, app, body.session, body.session_timeout, task_id)
-        fields.update(session_id=admitted.session_id, session_timeout=admitted.idle_timeout)
-        try:
-            return envelope(await dispatcher.submit(caller, admitted.backend, call, setup_key, fields, task_id))
-        except BaseException:
-            await sessions.registry.end_call(admitted.session_id, False)  # counted in, never ran: don't pin it open
-            raise
+        return envelope(await sessions.submit(dispatcher, caller, app, body.session, body.session_timeout, call,
+                                              setup_key, fields, task_id))
 
     @api.post("/apps/run", summary="Run a function of an app; answers at once with the created task")
     async def run_app(body: RunRequest, request: Request, caller: str = Depends(owner)) -> JSONResponse:

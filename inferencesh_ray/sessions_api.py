@@ -8,6 +8,8 @@ sessions. A call never silently runs on a fresh instance.
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
@@ -15,7 +17,7 @@ from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse
 
 from .catalog import AppInfo
-from .dispatch import Backend
+from .dispatch import Backend, Dispatcher
 from .events import Completed, Failed, TaskEvent
 from .host import Call
 from .problems import ApiProblem
@@ -37,11 +39,46 @@ class Admitted:
     backend: Backend
 
 
+# Sessions whose idle timeout an ingress remembers (it never changes), for admitting their calls concurrently.
+_KNOWN_SESSIONS = 4096
+
+
 class Sessions:
     def __init__(self, registry: Any, call_worker: WorkerCall, worker_spec: Callable[[AppInfo], Awaitable[Any]]) -> None:
         self.registry = registry
         self._call_worker = call_worker
         self._worker_spec = worker_spec
+        # session id -> (owner, app, idle timeout), of the sessions this ingress admitted a call into.
+        self._known: OrderedDict[str, tuple[str, str, int]] = OrderedDict()
+        self._releasing: set[asyncio.Task] = set()
+
+    async def submit(self, dispatcher: Dispatcher, owner: str, app: AppInfo, session: Optional[str],
+                     timeout: Optional[int], call: Call, setup_key: str, fields: dict[str, Any], task_id: str) -> dict:
+        """Admit a call into its session and start it on the session's worker; returns the task as created.
+
+        A call into a session this ingress knows asks the registry while its task is being
+        created (the task's fields are known already) and starts only once admitted. A
+        refused one is answered with the refusal, as always, and its task, which nobody
+        was told of, ends FAILED with the same reason. Other calls are admitted first.
+        """
+        known = self._known.get(session or "") if timeout is None else None
+        if known is None or known[:2] != (owner, app.name):
+            admitted = await self.admit(owner, app, session, timeout, task_id)
+            fields = {**fields, "session_id": admitted.session_id, "session_timeout": admitted.idle_timeout}
+            try:
+                return await dispatcher.submit(owner, admitted.backend, call, setup_key, fields, task_id)
+            except BaseException:
+                await self.registry.end_call(admitted.session_id, False)  # counted in, never ran: don't pin it open
+                raise
+        admission = asyncio.ensure_future(self.admit(owner, app, session, None, task_id))
+        fields = {**fields, "session_id": session, "session_timeout": known[2]}
+        try:
+            task = await dispatcher.submit(owner, self._once_admitted(admission), call, setup_key, fields, task_id)
+        except BaseException:
+            self._end_if_admitted(admission)  # counted in, never ran: don't pin it open
+            raise
+        await asyncio.shield(admission)  # a refusal (ApiProblem) is the answer
+        return task
 
     async def admit(self, owner: str, app: AppInfo, session: Optional[str], timeout: Optional[int], task_id: str) -> Admitted:
         """Open (`"new"`) or join a session for one call; ApiProblem when the call may not run."""
@@ -63,8 +100,45 @@ class Sessions:
         elif timeout is not None:
             raise ApiProblem(400, "invalid_request", "session_timeout is only valid with session: \"new\"")
         view = await self.registry.begin_call(session, owner, app.name, task_id, new)
-        _check_open(view, session, app)
+        try:
+            _check_open(view, session, app)
+        except ApiProblem:
+            self._known.pop(session, None)  # its next calls are refused before a task is created
+            raise
+        self._known[session] = (owner, app.name, view["idle_timeout"])
+        self._known.move_to_end(session)
+        if len(self._known) > _KNOWN_SESSIONS:
+            self._known.popitem(last=False)
         return Admitted(session, view["idle_timeout"], self._backend(session))
+
+    def _once_admitted(self, admission: asyncio.Future) -> Backend:
+        """The session's backend, once `admission` comes back; a refused call fails with the refusal's reason."""
+
+        async def run(call: Call, setup_key: str) -> AsyncIterator[TaskEvent]:
+            try:
+                admitted = await asyncio.shield(admission)
+            except ApiProblem as refused:
+                yield Failed(refused.detail)
+                return
+            except asyncio.CancelledError:
+                self._end_if_admitted(admission)  # cancelled before it reached the worker
+                raise
+            async for event in admitted.backend(call, setup_key):  # ends the call in the registry itself
+                yield event
+
+        return run
+
+    def _end_if_admitted(self, admission: asyncio.Future) -> None:
+        """End the call in the registry once `admission` succeeds: a call that never ran holds no session open."""
+
+        def done(future: asyncio.Future) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            ending = asyncio.ensure_future(self.registry.end_call(future.result().session_id, False))
+            self._releasing.add(ending)
+            ending.add_done_callback(self._releasing.discard)
+
+        admission.add_done_callback(done)
 
     def _backend(self, session_id: str) -> Backend:
         registry, call_worker = self.registry, self._call_worker

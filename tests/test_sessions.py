@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from helpers import run_api, wait_terminal
@@ -214,3 +215,49 @@ def test_a_call_that_cannot_be_recorded_does_not_pin_its_session_open(apps, tmp_
     failed, info = scenario(apps, tmp_path, body)
     assert failed.status_code == 500 and failed.json()["type"] == "/errors/internal_error"
     assert info["status"] == "expired"  # the call that never ran did not hold it open
+
+
+def test_a_call_into_a_known_session_is_admitted_while_its_task_is_created(apps, tmp_path, lifecycle, monkeypatch):
+    from inferencesh_ray.sessions import SessionRegistry
+
+    async def body(client):
+        session, _ = await open_session(client)
+        creating = asyncio.Event()
+        create, begin_call = client.store.create, SessionRegistry.begin_call
+
+        async def noted_create(*args):
+            creating.set()
+            return await create(*args)
+
+        async def begin_call_once_creating(self, *args):
+            await asyncio.wait_for(creating.wait(), 5)  # one after the other, this never comes
+            return await begin_call(self, *args)
+
+        client.store.create = noted_create
+        monkeypatch.setattr(SessionRegistry, "begin_call", begin_call_once_creating)
+        return await result(client, "second", session)
+
+    done = scenario(apps, tmp_path, body)
+    assert done["status"] == TaskStatus.COMPLETED and done["output"]["history"] == ["first", "second"]
+
+
+def test_a_refused_call_into_a_known_session_leaves_no_task_open(apps, tmp_path, lifecycle):
+    async def body(client):
+        session, _ = await open_session(client, timeout=1)
+        await asyncio.sleep(1.6)
+        refused = []
+        for _ in range(2):
+            response = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "x"},
+                                                           "session": session}, headers=A)
+            refused.append(response.status_code)
+        for _ in range(100):  # the first one's task, which nobody was told of, ends
+            rows = client.store._db.execute("SELECT status, body FROM tasks").fetchall()
+            if all(status >= 10 for status, _ in rows):
+                break
+            await asyncio.sleep(0.02)
+        return refused, [json.loads(body) for _, body in rows]
+
+    refused, tasks = scenario(apps, tmp_path, body)
+    assert refused == [410, 410]
+    assert [task["status"] for task in tasks] == [TaskStatus.COMPLETED, TaskStatus.FAILED]  # the second made none
+    assert "has expired" in tasks[1]["error"]
