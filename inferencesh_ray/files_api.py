@@ -135,9 +135,16 @@ def _too_large(size: int, limit: int, announced: bool) -> ApiProblem:
 
 
 async def _write(store: Any, file: StoredFile, body: AsyncIterator[bytes], limit: int, announced: bool) -> int:
-    """Stream the body to storage in 1 MiB writes; never more than `limit` bytes."""
+    """Stream the body to storage in 1 MiB writes, never more than `limit` bytes.
+
+    Each write runs in a thread while the next MiB comes in: waiting for it first would
+    stop reading the socket (flow control) for as long as storage takes. At most one
+    write is in flight, so a slow store still slows the client down instead of piling
+    up in memory (about 2 MiB held per upload).
+    """
     received, buffer = 0, bytearray()
     handle = await asyncio.to_thread(store.open_write, file)
+    writing: Optional[asyncio.Future] = None
     try:
         async for chunk in body:
             received += len(chunk)
@@ -145,27 +152,39 @@ async def _write(store: Any, file: StoredFile, body: AsyncIterator[bytes], limit
                 raise _too_large(received, limit, announced)
             buffer += chunk
             if len(buffer) >= CHUNK:
-                await asyncio.to_thread(handle.write, bytes(buffer))
-                buffer.clear()
+                if writing is not None:
+                    await asyncio.shield(writing)
+                writing, buffer = asyncio.ensure_future(asyncio.to_thread(handle.write, buffer)), bytearray()
+        if writing is not None:
+            await asyncio.shield(writing)
         if buffer:
-            await asyncio.to_thread(handle.write, bytes(buffer))
+            await asyncio.to_thread(handle.write, buffer)
     finally:
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)  # never close the handle under a write
         await asyncio.to_thread(handle.close)
     return received
 
 
 async def _read(store: Any, file: StoredFile, start: int, end: int) -> AsyncIterator[bytes]:
+    """The bytes [start, end) in 1 MiB chunks, each read (in a thread) while the one before is being sent."""
     handle = await asyncio.to_thread(store.open_read, file)
+    reading: Optional[asyncio.Future] = None
     try:
         await asyncio.to_thread(handle.seek, start)
         left = end - start
         while left > 0:
-            chunk = await asyncio.to_thread(handle.read, min(CHUNK, left))
+            if reading is None:
+                reading = asyncio.ensure_future(asyncio.to_thread(handle.read, min(CHUNK, left)))
+            chunk = await asyncio.shield(reading)
             if not chunk:
                 return
             left -= len(chunk)
+            reading = asyncio.ensure_future(asyncio.to_thread(handle.read, min(CHUNK, left))) if left > 0 else None
             yield chunk
     finally:
+        if reading is not None:
+            await asyncio.gather(reading, return_exceptions=True)  # never close the handle under a read
         await asyncio.to_thread(handle.close)
 
 

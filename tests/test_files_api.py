@@ -257,3 +257,108 @@ def test_a_storage_failure_fails_the_task_without_naming_server_paths(apps, tmp_
     assert task["status"] == TaskStatus.FAILED
     assert task["error"].startswith("internal error (FileNotFoundError) while serving this task")
     assert str(tmp_path) not in task["error"]
+
+
+class _SlowHandle:
+    """A storage handle whose writes and reads take a while (in their thread), recording what overlaps them."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        import threading
+
+        self.data, self.written, self.position = data, bytearray(), 0
+        self.busy = self.most_busy = self.overlapped = 0
+        self.closed_while_busy = False
+        self.more_came = threading.Event()  # set by the body each time it is read from
+        self._lock = threading.Lock()
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.busy += 1
+            self.most_busy = max(self.most_busy, self.busy)
+
+    def _leave(self) -> None:
+        time.sleep(0.005)
+        with self._lock:
+            self.busy -= 1
+
+    def write(self, chunk) -> None:
+        self._enter()
+        self.more_came.clear()
+        self.overlapped += self.more_came.wait(0.5)  # is the body read while this write runs?
+        self.written += chunk
+        self._leave()
+
+    def seek(self, position: int) -> None:
+        self.position = position
+
+    def read(self, size: int) -> bytes:
+        self._enter()
+        chunk = self.data[self.position:self.position + size]
+        self.position += len(chunk)
+        self._leave()
+        return chunk
+
+    def close(self) -> None:
+        self.closed_while_busy |= self.busy > 0
+
+
+class _SlowStore:
+    def __init__(self, handle: _SlowHandle) -> None:
+        self.handle = handle
+
+    def open_write(self, file):
+        return self.handle
+
+    def open_read(self, file):
+        return self.handle
+
+
+def test_a_large_upload_is_written_while_it_comes_in_one_write_at_a_time():
+    from inferencesh_ray.files_api import CHUNK, _write
+
+    data, piece = bytes(range(256)) * (14 * CHUNK // 1024), 64 << 10  # 3.5 MiB in 64 KiB pieces
+    handle = _SlowHandle()
+    most_held = 0
+
+    async def body():
+        nonlocal most_held
+        for start in range(0, len(data), piece):
+            most_held = max(most_held, start - len(handle.written))  # received, not yet stored
+            handle.more_came.set()
+            yield data[start:start + piece]
+            await asyncio.sleep(0.001)
+        handle.more_came.set()
+
+    size = asyncio.run(_write(_SlowStore(handle), None, body(), len(data), True))
+    assert size == len(data) and bytes(handle.written) == data
+    assert handle.overlapped >= 2  # the next MiB came in during the writes (one after the other, never)
+    assert handle.most_busy == 1 and most_held <= 2 * (CHUNK + piece) and not handle.closed_while_busy
+
+
+def test_downloads_read_ahead_one_chunk_and_ranges_cross_chunks_exactly():
+    from inferencesh_ray.files_api import CHUNK, _read
+
+    data = bytes(range(256)) * (3 * CHUNK // 256 + 3)
+
+    async def read(start, end, take=None):
+        handle = _SlowHandle(data)
+        chunks, stream, ahead = [], _read(_SlowStore(handle), None, start, end), 0
+        async for chunk in stream:
+            chunks.append(chunk)
+            delivered = start + sum(map(len, chunks))
+            for _ in range(100 if delivered < end else 0):  # while it is sent, the next chunk is read
+                if handle.position > delivered:
+                    ahead += 1
+                    break
+                await asyncio.sleep(0.01)
+            if take is not None and len(chunks) == take:
+                await stream.aclose()  # the client went away mid-download
+                break
+        return b"".join(chunks), handle, ahead
+
+    for start, end in [(0, len(data)), (CHUNK - 5, 2 * CHUNK + 7), (len(data) - 1, len(data))]:
+        got, handle, ahead = asyncio.run(read(start, end))
+        assert got == data[start:end] and handle.most_busy == 1 and not handle.closed_while_busy
+        assert ahead == len(range(start, end, CHUNK)) - 1  # every chunk but the last was sent while the next was read
+    got, handle, _ = asyncio.run(read(0, len(data), take=1))
+    assert got == data[:CHUNK] and not handle.closed_while_busy  # the read ahead finished before the close
