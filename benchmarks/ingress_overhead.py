@@ -27,10 +27,13 @@ from common import load  # noqa: E402
 plain_api = FastAPI()
 
 
-def plain_application():
+def plain_application(max_ongoing_requests: int | None = None):
+    """Defaults (None), or tuned: the handle's deployment allowed `max_ongoing_requests`."""
     from ray import serve
 
-    @serve.deployment
+    options = {"max_ongoing_requests": max_ongoing_requests} if max_ongoing_requests else {}
+
+    @serve.deployment(**options)
     class Noop:
         async def run(self, value: int) -> dict:
             return {"value": value}
@@ -78,31 +81,38 @@ def main() -> None:
     from inferencesh_ray.builder import build
     from inferencesh_ray.local_ray import start_ray
 
-    start_ray(num_cpus=8)  # logical CPUs: both stacks' replicas fit at once and share the same cores
+    start_ray(num_cpus=8)  # logical CPUs: every stack's replicas fit at once and share the same cores
     serve.start(http_options={"host": "127.0.0.1", "port": 8123})
     data = tempfile.mkdtemp(prefix="infsh-bench-")
-    serve.run(build({"path": str(HERE / "apps" / "noop.py"), "name": "noop", "data_dir": data}),
-              name="ours", route_prefix="/ours")
+    serve.run(build({"path": str(HERE / "apps" / "noop.py"), "name": "noop", "data_dir": data,
+                     "listen": "127.0.0.1:8124"}), name="ours", route_prefix="/ours")
     serve.run(plain_application(), name="plain", route_prefix="/plain")
+    serve.run(plain_application(max_ongoing_requests=100), name="tuned", route_prefix="/tuned")
     base = "http://127.0.0.1:8123"
+    stacks = {
+        "plain Serve (defaults)": plain_call(f"{base}/plain"),
+        "plain Serve (tuned)": plain_call(f"{base}/tuned"),
+        "ours, through Serve's proxy": ours_call(f"{base}/ours"),
+        "ours, `listen`": ours_call("http://127.0.0.1:8124"),
+    }
+    calls = {name: asyncio.run(factory) for name, factory in stacks.items()}
 
-    rows = []
+    print("| c | stack | req/s | p50 / p99 ms | vs defaults | vs tuned |")
+    print("|---|---|---|---|---|---|")
     for concurrency in args.concurrency:
-        print(f"c={concurrency}: {args.requests} requests each...", file=sys.stderr, flush=True)
-        asyncio.run(load(asyncio.run(plain_call(f"{base}/plain")), concurrency, 20))  # warm up
-        asyncio.run(load(asyncio.run(ours_call(f"{base}/ours")), concurrency, 20))
-        plain = asyncio.run(load(asyncio.run(plain_call(f"{base}/plain")), concurrency, args.requests))
-        ours = asyncio.run(load(asyncio.run(ours_call(f"{base}/ours")), concurrency, args.requests))
-        rows.append((concurrency, plain, ours))
-
-    print("| c | plain req/s | ours req/s | ratio | plain p50/p99 ms | ours p50/p99 ms | added p50/p99 ms |")
-    print("|---|---|---|---|---|---|---|")
-    for concurrency, plain, ours in rows:
-        print(
-            f"| {concurrency} | {plain.rps:.0f} | {ours.rps:.0f} | {ours.rps / plain.rps:.2f}x "
-            f"| {plain.p50:.1f} / {plain.p99:.1f} | {ours.p50:.1f} / {ours.p99:.1f} "
-            f"| {ours.p50 - plain.p50:+.1f} / {ours.p99 - plain.p99:+.1f} |"
-        )
+        print(f"c={concurrency}: {args.requests} requests per stack...", file=sys.stderr, flush=True)
+        results = {}
+        for name, call in calls.items():
+            asyncio.run(load(call, concurrency, 20))  # warm up
+            results[name] = asyncio.run(load(call, concurrency, args.requests))
+        defaults, tuned = results["plain Serve (defaults)"], results["plain Serve (tuned)"]
+        for name, result in results.items():
+            print(
+                f"| {concurrency} | {name} | {result.rps:.0f} | {result.p50:.1f} / {result.p99:.1f} "
+                f"| {result.rps / defaults.rps:.2f}x, {result.p50 - defaults.p50:+.1f} ms "
+                f"| {result.rps / tuned.rps:.2f}x, {result.p50 - tuned.p50:+.1f} ms |",
+                flush=True,
+            )
     serve.shutdown()
 
 
