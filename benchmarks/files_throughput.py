@@ -1,13 +1,20 @@
 """Upload and download of one large file through our ingress vs a plain fsspec copy on the same store.
 
-    .venv/bin/python benchmarks/files_throughput.py [--mb 200] [--rounds 3]
+    .venv/bin/python benchmarks/files_throughput.py [--mb 200] [--rounds 5]
 
 Ours: `POST /files`, then a streamed `PUT` of the bytes to the upload URL (as the official
 client does it, but streamed from disk), then a streamed `GET` of the file's URL to a
-local file; through Serve's HTTP proxy and the ingress replica, into the local-disk store.
+local file, into the local-disk store; through each door: Serve's HTTP proxy, and the
+ingress's own listener (`listen`). Each door has its own application (its own ingress
+replica), on one data directory, so one door's memory never shows in the other's.
 Plain: `fs.put_file` and `fs.get_file` of the same file with the same fsspec filesystem.
-Memory: the peak resident set (VmHWM) of the ingress replica and of Serve's proxy, before
-and after the transfers: flat means the server streams instead of buffering.
+Every transfer starts after an `os.sync()` (the disk's writeback of the one before would
+slow it), and plain, proxy and listen take turns going first.
+Memory: the resident set of the ingress replica (and, through the proxy, of Serve's proxy)
+at rest, and its peak (VmHWM, reset before each transfer, the highest of the rounds)
+during the upload and during the download: flat means the server streams instead of
+buffering. CPU: the seconds each of those processes, and this one (the client), used per
+transfer, which says who the limit is.
 """
 
 from __future__ import annotations
@@ -16,25 +23,69 @@ import argparse
 import hashlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import httpx
 
 HERE = Path(__file__).resolve().parent
 CHUNK = 1 << 20
+PROXY_PORT, LISTEN_PORT = 8128, 8129
+DOORS = {"proxy": f"http://127.0.0.1:{PROXY_PORT}", "listen": f"http://127.0.0.1:{LISTEN_PORT}"}
 
 
-def peak_rss_mb(pattern: str) -> float:
-    """Peak resident memory (VmHWM) of the process whose title matches `pattern`."""
-    pid = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()[0]
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for {pattern}")
+class Process:
+    """One of our Ray's processes (a descendant of this one, found by its title): its memory and CPU time."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.pid = _descendant(os.getpid(), title)
+        if self.pid is None:
+            raise RuntimeError(f"no process {title!r} under this one")
+
+    def _status(self, field: str) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no {field} for {self.title}")
+
+    def rss_mb(self) -> float:
+        return self._status("VmRSS")
+
+    def cpu_s(self) -> float:
+        """User + system CPU time it has used."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux 4.0+)
+
+    def peak_mb(self) -> float:
+        return self._status("VmHWM")
+
+
+def _descendant(root: int, title: str) -> Optional[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    pending = list(children.get(root, []))
+    while pending:
+        pid = pending.pop()
+        try:
+            if (Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")).startswith(title):
+                return pid
+        except OSError:
+            pass
+        pending.extend(children.get(pid, []))
+    return None
 
 
 def make_file(path: Path, megabytes: int) -> str:
@@ -73,24 +124,44 @@ def ours_download(client: httpx.Client, file: dict, target: Path) -> float:
     started = time.perf_counter()
     with client.stream("GET", file["uri"]) as response, open(target, "wb") as out:
         response.raise_for_status()
-        for block in response.iter_bytes(CHUNK):
+        for block in response.iter_bytes():  # as they come: re-chunking would copy every byte once more
             out.write(block)
     return time.perf_counter() - started
 
 
-def plain(fs, root: str, source: Path, target: Path, name: str) -> tuple[float, float]:
-    started = time.perf_counter()
-    fs.put_file(str(source), f"{root}/{name}")
-    upload_s = time.perf_counter() - started
-    started = time.perf_counter()
-    fs.get_file(f"{root}/{name}", str(target))
-    return upload_s, time.perf_counter() - started
+def plain(fs, root: str, source: Path, target: Path, name: str, cpu: dict) -> tuple[float, float]:
+    seconds = []
+    for what, copy, args in (("upload", fs.put_file, (str(source), f"{root}/{name}")),
+                             ("download", fs.get_file, (f"{root}/{name}", str(target)))):
+        os.sync()
+        started, client_cpu = time.perf_counter(), time.process_time()
+        copy(*args)
+        seconds.append(time.perf_counter() - started)
+        cpu.setdefault(("client", what), []).append(time.process_time() - client_cpu)
+    return seconds[0], seconds[1]
+
+
+def watched(processes: list[Process], peaks: dict, cpu: dict, what: str, transfer, *args):
+    """Run `transfer(*args)`; keep the highest peak memory seen per process (reset first), and the CPU time
+    each process and this one (the client) used."""
+    os.sync()  # every transfer starts with no dirty pages still being written back from the one before
+    for process in processes:
+        process.reset_peak()
+    used = {process.title: process.cpu_s() for process in processes}
+    client_cpu = time.process_time()
+    result = transfer(*args)
+    cpu.setdefault(("client", what), []).append(time.process_time() - client_cpu)
+    for process in processes:
+        key = (process.title, what)
+        peaks[key] = max(peaks.get(key, 0.0), process.peak_mb())
+        cpu.setdefault(key, []).append(process.cpu_s() - used[process.title])
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
 
     from ray import serve
@@ -101,44 +172,62 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="infsh-files-bench-"))
     start_ray(num_cpus=4)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8124})
-    serve.run(build({"path": str(HERE / "apps" / "noop.py"), "name": "noop", "data_dir": str(work / "data"),
-                     "max_file_bytes": (args.mb + 1) * CHUNK}), name="files", route_prefix="/")
-    base = "http://127.0.0.1:8124"
+    serve.start(http_options={"host": "127.0.0.1", "port": PROXY_PORT})
+    common = {"path": str(HERE / "apps" / "noop.py"), "name": "noop", "data_dir": str(work / "data"),
+              "max_file_bytes": (args.mb + 1) * CHUNK}
+    serve.run(build(common), name="files-proxy", route_prefix="/")
+    serve.run(build({**common, "listen": f"127.0.0.1:{LISTEN_PORT}"}), name="files-listen", route_prefix="/listen-app")
     store = FileStore((work / "data" / "files").as_uri())
     source, target = work / "source.bin", work / "target.bin"
     print(f"writing a {args.mb} MB file...", file=sys.stderr, flush=True)
     digest = make_file(source, args.mb)
-    processes = {"ingress replica": "ServeReplica:files:ingress", "Serve proxy": "ProxyActor"}
-    memory = [("before", {name: peak_rss_mb(pattern) for name, pattern in processes.items()})]
-    rows = {"ours": [], "plain": []}
+    watch = {"proxy": [Process("ray::ServeReplica:files-proxy:ingress"), Process("ray::ProxyActor")],
+             "listen": [Process("ray::ServeReplica:files-listen:ingress")]}  # the proxy is not on its path
+    at_rest = {door: {p.title: p.rss_mb() for p in processes} for door, processes in watch.items()}
+    peaks: dict = {}
+    cpu: dict[str, dict] = {"plain": {}, **{door: {} for door in DOORS}}
+    times: dict[str, list[tuple[float, float]]] = {"plain": [], **{door: [] for door in DOORS}}
     with httpx.Client(timeout=600) as client:
         for round_ in range(args.rounds):
             print(f"round {round_ + 1}/{args.rounds}...", file=sys.stderr, flush=True)
-            rows["plain"].append(plain(store.fs, store.root, source, target, f"plain-{round_}"))
-            upload_s, file = ours_upload(client, base, source)
-            if round_ == 0:
-                memory.append(("after 1 upload", {name: peak_rss_mb(p) for name, p in processes.items()}))
-            download_s = ours_download(client, file, target)
-            if round_ == 0:
-                memory.append(("after 1 download", {name: peak_rss_mb(p) for name, p in processes.items()}))
-            rows["ours"].append((upload_s, download_s))
-            assert sha256_of(target) == digest, "the downloaded file differs"
+            order = ["plain", *DOORS]
+            for what in order[round_ % 3:] + order[:round_ % 3]:  # each goes first in turn
+                if what == "plain":
+                    times["plain"].append(plain(store.fs, store.root, source, target, f"plain-{round_}", cpu["plain"]))
+                    continue
+                base = DOORS[what]
+                upload_s, file = watched(watch[what], peaks, cpu[what], "upload", ours_upload, client, base, source)
+                download_s = watched(watch[what], peaks, cpu[what], "download", ours_download, client, file, target)
+                times[what].append((upload_s, download_s))
+                assert sha256_of(target) == digest, f"the file downloaded through {what} differs"
 
     def rate(seconds: list[float]) -> float:
         return args.mb / statistics.median(seconds)
 
-    print(f"| {args.mb} MB, median of {args.rounds} | plain fsspec MB/s | ours MB/s | ours / plain |")
-    print("|---|---|---|---|")
+    print(f"| {args.mb} MB, median of {args.rounds} | plain fsspec MB/s | " +
+          " | ".join(f"{door} MB/s | {door} / plain" for door in DOORS) + " |")
+    print("|---|---|" + "---|---|" * len(DOORS))
     for index, what in enumerate(("upload", "download")):
-        ours_rate = rate([r[index] for r in rows["ours"]])
-        plain_rate = rate([r[index] for r in rows["plain"]])
-        print(f"| {what} | {plain_rate:.0f} | {ours_rate:.0f} | {ours_rate / plain_rate:.2f}x |")
+        plain_rate = rate([t[index] for t in times["plain"]])
+        cells = [f"{rate([t[index] for t in times[door]]):.0f} | {rate([t[index] for t in times[door]]) / plain_rate:.2f}x"
+                 for door in DOORS]
+        print(f"| {what} | {plain_rate:.0f} | " + " | ".join(cells) + " |")
     print()
-    print("| peak RSS (VmHWM), MB | " + " | ".join(processes) + " |")
-    print("|---|" + "---|" * len(processes))
-    for when, values in memory:
-        print(f"| {when} | " + " | ".join(f"{values[name]:.0f}" for name in processes) + " |")
+    print("| door | process | at rest (VmRSS) MB | peak during upload MB | peak during download MB |")
+    print("|---|---|---|---|---|")
+    for door, processes in watch.items():
+        for process in processes:
+            name = process.title.removeprefix("ray::")
+            print(f"| {door} | {name} | {at_rest[door][process.title]:.0f} | {peaks[(process.title, 'upload')]:.0f} "
+                  f"| {peaks[(process.title, 'download')]:.0f} |")
+    print()
+    print(f"| CPU seconds per {args.mb} MB transfer, median | upload | download |")
+    print("|---|---|---|")
+    for door, processes in [("plain", []), *watch.items()]:
+        for title in ["client", *(process.title for process in processes)]:
+            name = "client (this process)" if title == "client" else title.removeprefix("ray::")
+            print(f"| {door}: {name} | {statistics.median(cpu[door][(title, 'upload')]):.2f} "
+                  f"| {statistics.median(cpu[door][(title, 'download')]):.2f} |")
     serve.shutdown()
 
 

@@ -4,9 +4,11 @@
 
 Both paths run the no-op app and are timed the way the official client waits: `POST
 /apps/run`, `GET /tasks/{id}`, then the stream until the terminal line, one call at a
-time, alternating between the two paths so drift hits both alike. Session creation is
-the time `POST /apps/run` with `"session": "new"` takes to answer (the worker actor
-started and the app imported; the app's `setup` runs later, inside the first task).
+time, alternating between the two paths so drift hits both alike; through each door:
+Serve's HTTP proxy, and the ingress's own listener (`listen`), one ingress serving both.
+Session creation is the time `POST /apps/run` with `"session": "new"` takes to answer
+(the worker actor started and the app imported; the app's `setup` runs later, inside the
+first task).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 import httpx
 
 HERE = Path(__file__).resolve().parent
+PROXY_PORT, LISTEN_PORT = 8125, 8130
+DOORS = {"proxy": f"http://127.0.0.1:{PROXY_PORT}", "listen": f"http://127.0.0.1:{LISTEN_PORT}"}
 
 
 def timed_call(client: httpx.Client, base: str, body: dict) -> float:
@@ -40,6 +44,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def create_sessions(client: httpx.Client, base: str, count: int) -> list[float]:
+    """Milliseconds each `"session": "new"` took to answer; each session is ended afterwards."""
+    created = []
+    for _ in range(count):
+        started = time.perf_counter()
+        task = client.post(f"{base}/apps/run", json={"app": "noop", "input": {}, "session": "new"}).json()["data"]
+        created.append((time.perf_counter() - started) * 1000)
+        client.delete(f"{base}/sessions/{task['session_id']}")
+    return created
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
@@ -52,38 +67,41 @@ def main() -> None:
     from inferencesh_ray.local_ray import start_ray
 
     start_ray(num_cpus=4)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8125})
+    serve.start(http_options={"host": "127.0.0.1", "port": PROXY_PORT})
     data = tempfile.mkdtemp(prefix="infsh-session-bench-")
-    serve.run(build({"path": str(HERE / "apps" / "noop.py"), "name": "noop", "data_dir": data}),
-              name="sessions", route_prefix="/")
-    base = "http://127.0.0.1:8125"
+    serve.run(build({"path": str(HERE / "apps" / "noop.py"), "name": "noop", "data_dir": data,
+                     "listen": f"127.0.0.1:{LISTEN_PORT}"}), name="sessions", route_prefix="/")
+    created: dict[str, list[float]] = {}
     with httpx.Client(timeout=60) as client:
-        created = []
-        for _ in range(args.sessions):
-            started = time.perf_counter()
-            task = client.post(f"{base}/apps/run", json={"app": "noop", "input": {}, "session": "new"}).json()["data"]
-            created.append((time.perf_counter() - started) * 1000)
-            client.delete(f"{base}/sessions/{task['session_id']}")
-        session = client.post(f"{base}/apps/run", json={"app": "noop", "input": {}, "session": "new"}).json()["data"]
-        paths = {"deployment": {"app": "noop", "input": {}},
-                 "session": {"app": "noop", "input": {}, "session": session["session_id"]}}
-        for body in paths.values():  # warm up both
+        for door, base in DOORS.items():
+            created[door] = create_sessions(client, base, args.sessions)
+        calls = {}
+        for door, base in DOORS.items():
+            session = client.post(f"{base}/apps/run", json={"app": "noop", "input": {}, "session": "new"}).json()["data"]
+            calls[(door, "deployment")] = (base, {"app": "noop", "input": {}})
+            calls[(door, "session")] = (base, {"app": "noop", "input": {}, "session": session["session_id"]})
+        for base, body in calls.values():  # warm up each
             for _ in range(20):
                 timed_call(client, base, body)
-        print(f"{args.requests} calls on each path...", file=sys.stderr, flush=True)
-        latencies = {name: [] for name in paths}
+        print(f"{args.requests} calls on each path, through each door...", file=sys.stderr, flush=True)
+        latencies = {key: [] for key in calls}
         for _ in range(args.requests):
-            for name, body in paths.items():
-                latencies[name].append(timed_call(client, base, body))
+            for key, (base, body) in calls.items():
+                latencies[key].append(timed_call(client, base, body))
 
-    print("| path, c=1 | p50 ms | p99 ms |")
-    print("|---|---|---|")
-    for name, values in latencies.items():
-        print(f"| {name} | {statistics.median(values):.1f} | {percentile(values, 0.99):.1f} |")
-    added = statistics.median(latencies["session"]) - statistics.median(latencies["deployment"])
-    print(f"\nsession vs deployment at p50: {added:+.1f} ms")
-    print(f"creating a session (POST until it answers), median of {args.sessions}: {statistics.median(created):.0f} ms "
-          f"(min {min(created):.0f}, max {max(created):.0f})")
+    print("| door | deployment p50 / p99 ms | session p50 / p99 ms | session adds at p50 / p99 ms |")
+    print("|---|---|---|---|")
+    for door in DOORS:
+        deployment, session = latencies[(door, "deployment")], latencies[(door, "session")]
+        print(f"| {door} | {statistics.median(deployment):.1f} / {percentile(deployment, 0.99):.1f} "
+              f"| {statistics.median(session):.1f} / {percentile(session, 0.99):.1f} "
+              f"| {statistics.median(session) - statistics.median(deployment):+.1f} / "
+              f"{percentile(session, 0.99) - percentile(deployment, 0.99):+.1f} |")
+    print()
+    print(f"| creating a session (POST until it answers), {args.sessions} per door | median ms | min | max |")
+    print("|---|---|---|---|")
+    for door, values in created.items():
+        print(f"| {door} | {statistics.median(values):.0f} | {min(values):.0f} | {max(values):.0f} |")
     serve.shutdown()
 
 
