@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -229,6 +230,7 @@ def main() -> None:
             print(f"| {door}: {name} | {statistics.median(cpu[door][(title, 'upload')]):.2f} "
                   f"| {statistics.median(cpu[door][(title, 'download')]):.2f} |")
     serve.shutdown()
+    shutil.rmtree(work, ignore_errors=True)  # the file and its copies: gigabytes after a few rounds
 
 
 if __name__ == "__main__":
