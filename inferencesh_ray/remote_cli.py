@@ -119,7 +119,9 @@ def _app_run(args: argparse.Namespace) -> int:
     if args.no_wait:
         _print_json(task)
         return 0
-    print(f"task {task['id']} created", file=sys.stderr, flush=True)
+    session = task.get("session_id")
+    where = f" in session {session} (continue it with --session {session})" if session else ""
+    print(f"task {task['id']} created{where}", file=sys.stderr, flush=True)
     return _wait(client, task["id"], args.timeout, JsonLines() if args.stream else LiveProgress())
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -239,6 +240,12 @@ def test_the_command_line_against_ray(url):
     streamed = cli(url, "task", "stream", task["id"])
     assert json.loads(streamed.stdout.splitlines()[-1])["status"] == TaskStatus.COMPLETED
     assert json.loads(cli(url, "task", "get", task["id"]).stdout)["output"]["text"] == "n"
+    opened = cli(url, "app", "run", "counting", "-i", '{"text": "s"}', "--session", "new")
+    assert opened.returncode == 0, opened.stderr
+    session_id = re.search(r"in session (\S+) \(continue it with --session", opened.stderr).group(1)
+    again = cli(url, "app", "run", "counting", "-i", '{"text": "t"}', "--session", session_id)
+    assert again.returncode == 0 and json.loads(again.stdout)["text"] == "t", again.stderr
+    inference(base_url=url).sessions.end(session_id)
     failed = cli(url, "app", "run", "counting:boom", "-i", '{"text": "b"}')
     assert failed.returncode == 1 and failed.stderr.splitlines()[-1].endswith("failed: RuntimeError: boom: b")
 
