@@ -34,6 +34,8 @@ class Metadata(BaseModel):
     worker_id: Optional[str] = None
     gpu_ids: Optional[List[str]] = None
     task_id: Optional[str] = None
+    session_id: Optional[str] = None
+    """The session the task runs in, None outside one."""
     team_id: Optional[str] = None
     user_id: Optional[str] = None
 

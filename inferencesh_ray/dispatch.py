@@ -68,7 +68,7 @@ class Dispatcher:
         self._ensure_heartbeat()
         task = await self._writes.create(owner, fields, self.id, task_id)
         self.tasks.put(owner, task)
-        call = replace(call, metadata={**call.metadata, "task_id": task["id"]})
+        call = replace(call, metadata={**call.metadata, "task_id": task["id"], "session_id": task.get("session_id")})
         self._running[task["id"]] = asyncio.create_task(self._drive(owner, task["id"], backend, call, setup_key))
         return task
 

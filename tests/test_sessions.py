@@ -63,6 +63,7 @@ def test_state_is_kept_across_calls_in_one_instance(apps, tmp_path, lifecycle):
     session, first, second, third, info, other = scenario(apps, tmp_path, body)
     assert first["session_id"] == second["session_id"] == third["session_id"] == session
     assert third["output"]["history"] == ["first", "second", "third"]  # the other session never mixed in
+    assert first["output"]["session_id"] == third["output"]["session_id"] == session  # the app's metadata says so
     assert len({first["output"]["instance"], third["output"]["instance"]}) == 1
     assert info["status"] == "active" and info["call_count"] == 3 and info["idle_timeout"] == 60
     assert info["task_id"] == third["id"] and info["app_id"] == "memory-app" and other != session

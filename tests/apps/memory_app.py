@@ -3,11 +3,11 @@
 import asyncio
 import os
 import uuid
-from typing import List
+from typing import List, Optional
 
 from lifecycle import record
 
-from inferencesh_ray import BaseApp, BaseAppInput, BaseAppOutput
+from inferencesh_ray import BaseApp, BaseAppInput, BaseAppOutput, Metadata
 
 
 class Say(BaseAppInput):
@@ -19,6 +19,7 @@ class Memory(BaseAppOutput):
     history: List[str]
     instance: str
     pid: int
+    session_id: Optional[str] = None
 
 
 class App(BaseApp):
@@ -30,7 +31,7 @@ class App(BaseApp):
     async def unload(self) -> None:
         record(f"unload:{self.instance}")
 
-    async def run(self, data: Say) -> Memory:
+    async def run(self, data: Say, metadata: Metadata) -> Memory:
         """Wait `delay` seconds, then remember `text`."""
         try:
             await asyncio.sleep(data.delay)
@@ -38,4 +39,4 @@ class App(BaseApp):
             record(f"cancelled:{data.text}")
             raise
         self.history.append(data.text)
-        return Memory(history=list(self.history), instance=self.instance, pid=os.getpid())
+        return Memory(history=list(self.history), instance=self.instance, pid=os.getpid(), session_id=metadata.session_id)
