@@ -70,13 +70,38 @@ def _import_file(path: Path) -> ModuleType:
         sys.path.insert(0, str(path.parent))
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        _exec_beside_other_apps(spec, module, path.parent)
     except BaseException as exc:
         del sys.modules[name]
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise AppLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}\n{app_traceback(exc)}") from exc
     return module
+
+
+def _exec_beside_other_apps(spec, module: ModuleType, directory: Path) -> None:
+    """Run the app's module so that its own helpers win over same-named modules already imported.
+
+    Helpers are imported by bare name (`from helpers import x`), and Python caches modules
+    by name: two apps each with a `helpers.py`, loaded in one process (a server's driver,
+    a test), would otherwise share the first one's. Modules the app shadows are put back
+    afterwards: loading an app never changes what other code imports.
+    """
+    own = {path.stem for path in directory.glob("*.py")} | {path.parent.name for path in directory.glob("*/__init__.py")}
+    shadowed = {
+        name: sys.modules.pop(name)
+        for name in own - set(sys.stdlib_module_names)
+        if name in sys.modules and not _inside(sys.modules[name], directory)
+    }
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.update(shadowed)
+
+
+def _inside(module: ModuleType, directory: Path) -> bool:
+    file = getattr(module, "__file__", None)
+    return file is not None and Path(file).resolve().is_relative_to(directory)
 
 
 def _import_module(name: str) -> ModuleType:

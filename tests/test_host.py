@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import sys
+from pathlib import Path
 
 import pytest
 from helpers import events_of
@@ -329,3 +331,19 @@ def test_an_app_with_no_base_class_and_no_setup_runs(apps):
 
     done = asyncio.run(scenario())
     assert isinstance(done, Completed) and done.output["sizes"] == [2]
+
+
+def test_two_apps_with_same_named_helper_modules_each_get_their_own(tmp_path):
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "helpers.py").write_text(f"WHO = {name!r}\n")
+        (tmp_path / name / "inference.py").write_text(
+            "from pydantic import BaseModel\nfrom helpers import WHO\n\n"
+            "class In(BaseModel):\n    x: int = 0\n\nclass Out(BaseModel):\n    who: str\n\n"
+            "class App:\n    def run(self, data: In) -> Out:\n        return Out(who=WHO)\n"
+        )
+    first, second = (load_app(str(tmp_path / name)) for name in ("first", "second"))
+    assert first.module.WHO == "first" and second.module.WHO == "second"
+    assert load_app(str(tmp_path / "first")).module.WHO == "first"  # loading again changes nothing
+    # The tests' own `helpers` (imported before) is what other code still imports.
+    assert Path(sys.modules["helpers"].__file__).parent == Path(__file__).parent
