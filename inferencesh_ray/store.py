@@ -132,9 +132,9 @@ class TaskStore:
         self._db.execute("BEGIN")
         try:
             for op, args in ops:
-                if op not in ("create", "apply", "cancel"):
-                    raise ValueError(f"not a task store write: {op!r}")
                 try:
+                    if op not in ("create", "apply", "cancel"):
+                        raise ValueError(f"not a task store write: {op!r}")
                     results.append(await getattr(self, op)(*args))
                 except Exception as exc:
                     results.append(exc)

@@ -125,3 +125,13 @@ def test_retention_prunes_old_finished_tasks(tmp_path):
 def test_stream_view_keeps_lines_small():
     task = {"logs": [{"content": str(i)} for i in range(500)]}
     assert len(stream_view(task)["logs"]) == 50 and stream_view(task)["logs"][-1]["content"] == "499"
+
+
+def test_a_bad_op_in_a_grouped_write_fails_only_itself(tmp_path):
+    async def main():
+        store = TaskStore(str(tmp_path / "t.db"))
+        return await store.write([("create", ("me", {"input": {}}, "d1")), ("drop", ()), ("create", ("me", {}, "d1"))])
+
+    first, bad, last = asyncio.run(main())
+    assert first["status"] == TaskStatus.QUEUED and last["status"] == TaskStatus.QUEUED
+    assert isinstance(bad, ValueError) and "not a task store write: 'drop'" in str(bad)
