@@ -4,8 +4,9 @@ A `Dispatcher` lives in each ingress replica. It creates the task in the store, 
 the app's backend (a Serve deployment handle, streaming the app host's events) in a
 background asyncio task that no HTTP request owns, and applies the events to the
 store: one write at a time per task, the events that arrive meanwhile together in the
-next, and the writes of all its tasks grouped into one store call (StoreWrites). What the store returns goes to `tasks` (RecentTasks), which answers reads and
-streams of the task from memory. Cancels reach it directly, or through the store when
+next, and the writes of all its tasks grouped into one store call (StoreWrites). What
+the store returns goes to `tasks` (RecentTasks), which answers reads and streams of the
+task from memory. Cancels reach it directly, or through the store when
 another ingress replica took the cancel; its heartbeat renews the lease that keeps its
 tasks from being reaped.
 """

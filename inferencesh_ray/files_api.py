@@ -170,17 +170,20 @@ async def _read(store: Any, file: StoredFile, start: int, end: int) -> AsyncIter
     """The bytes [start, end) in 1 MiB chunks, each read (in a thread) while the one before is being sent."""
     handle = await asyncio.to_thread(store.open_read, file)
     reading: Optional[asyncio.Future] = None
+    left = end - start
+
+    def read_next() -> Optional[asyncio.Future]:
+        return asyncio.ensure_future(asyncio.to_thread(handle.read, min(CHUNK, left))) if left > 0 else None
+
     try:
         await asyncio.to_thread(handle.seek, start)
-        left = end - start
-        while left > 0:
-            if reading is None:
-                reading = asyncio.ensure_future(asyncio.to_thread(handle.read, min(CHUNK, left)))
+        reading = read_next()
+        while reading is not None:
             chunk = await asyncio.shield(reading)
             if not chunk:
                 return
             left -= len(chunk)
-            reading = asyncio.ensure_future(asyncio.to_thread(handle.read, min(CHUNK, left))) if left > 0 else None
+            reading = read_next()
             yield chunk
     finally:
         if reading is not None:

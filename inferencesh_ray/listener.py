@@ -54,7 +54,6 @@ class Listener:
     """uvicorn serving `app` on `address` inside the running event loop, until `close`."""
 
     def __init__(self, app: Any, address: str) -> None:
-        self.address = address
         self._sock = bind(address)
         config = uvicorn.Config(
             app,
