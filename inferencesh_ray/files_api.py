@@ -21,6 +21,7 @@ from .problems import ApiProblem, not_found
 from .server_files import ServerFiles
 from .storage import StoredFile
 from .store import now_iso
+from .zerocopy import EXTENSION as ZERO_COPY
 
 CHUNK = 1 << 20
 
@@ -114,6 +115,9 @@ def files_router(files: ServerFiles, owner: Callable[..., Awaitable[str]]) -> AP
         if end - start != file.size:
             status = 206
             headers["content-range"] = f"bytes {start}-{end - 1}/{file.size}"
+        path = store.local_path(file)
+        if path is not None and ZERO_COPY in (request.scope.get("extensions") or {}):
+            return _ZeroCopyResponse(path, start, end, status_code=status, media_type=file.content_type, headers=headers)
         return StreamingResponse(_read(store, file, start, end), status_code=status, media_type=file.content_type,
                                  headers=headers)
 
@@ -189,6 +193,22 @@ async def _read(store: Any, file: StoredFile, start: int, end: int) -> AsyncIter
         if reading is not None:
             await asyncio.gather(reading, return_exceptions=True)  # never close the handle under a read
         await asyncio.to_thread(handle.close)
+
+
+class _ZeroCopyResponse(Response):
+    """The bytes [start, end) of a file on local disk, sent by the server with sendfile (zerocopy.py)."""
+
+    def __init__(self, path: str, start: int, end: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.path, self.start, self.end = path, start, end
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        handle = await asyncio.to_thread(open, self.path, "rb")
+        try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await send({"type": ZERO_COPY, "file": handle, "offset": self.start, "count": self.end - self.start})
+        finally:
+            handle.close()
 
 
 def _byte_range(header: Optional[str], size: int) -> tuple[int, int]:

@@ -4,7 +4,8 @@ Through Serve's proxy every request crosses two processes and an actor call, ~10
 a 2-core machine, and the official client makes three requests per task; the proxy also
 buffers a request body without flow control, so a large upload sits in its memory. An
 ingress given `listen` runs uvicorn on its own event loop at that address as well, with
-the same app: one process, flow control from the socket to storage.
+the same app: one process, flow control from the socket to storage, and downloads of
+files on local disk sent by the kernel (zerocopy.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import socket
 from typing import Any, Iterator, Optional
 
 import uvicorn
+
+from .zerocopy import with_zero_copy
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -56,7 +59,7 @@ class Listener:
     def __init__(self, app: Any, address: str) -> None:
         self._sock = bind(address)
         config = uvicorn.Config(
-            app,
+            with_zero_copy(app),
             lifespan="off",
             log_config=None,
             access_log=False,

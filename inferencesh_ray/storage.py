@@ -87,6 +87,10 @@ class FileStore:
     def open_read(self, file: StoredFile) -> IO[bytes]:
         return self.fs.open(self._path(file.id, "data"), "rb")
 
+    def local_path(self, file: StoredFile) -> Optional[str]:
+        """The path of the file's bytes when they are on this machine's disk (a `file://` root), else None."""
+        return self._path(file.id, "data") if "file" in self.fs.protocol else None
+
     def complete(self, file: StoredFile, size: int) -> StoredFile:
         done = replace(file, size=size, complete=True)
         self._write_meta(done)

@@ -6,7 +6,7 @@ import hashlib
 
 import httpx
 import pytest
-from conftest import APPS
+from conftest import APPS, free_port
 from inferencesh import File as SdkFile
 from inferencesh import UploadFileOptions, inference
 from ray import serve
@@ -35,11 +35,15 @@ def check_files_end_to_end(url: str, tmp_path) -> None:
 
 def test_files_on_local_storage_through_the_official_client(ray_serve, tmp_path, monkeypatch):
     monkeypatch.setenv("FILE_CACHE_DIR", str(tmp_path / "sdk-cache"))
-    url = ray_serve.deploy("files-local", path=str(APPS / "file_app.py"), data_dir=str(tmp_path / "data"))
+    listen = f"127.0.0.1:{free_port()}"
+    url = ray_serve.deploy("files-local", path=str(APPS / "file_app.py"), data_dir=str(tmp_path / "data"),
+                           listen=listen)
     try:
         check_files_end_to_end(url, tmp_path)
+        # The ingress's own door sends downloads of local files with sendfile: the same bytes, ranges too.
+        check_files_end_to_end(f"http://{listen}", tmp_path)
         stored = list((tmp_path / "data" / "files" / "files").iterdir())
-        assert len(stored) == 3  # the upload, the SDK's auto-upload of the local path, the output
+        assert len(stored) == 6  # per door: the upload, the SDK's auto-upload of the local path, the output
     finally:
         serve.delete("files-local")
 

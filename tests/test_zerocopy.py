@@ -1,0 +1,102 @@
+"""Zero-copy file sends through the listener: offered on uvicorn's connections, exact bytes, ranges, gone clients."""
+
+import asyncio
+import os
+import socket
+
+import httpx
+import pytest
+import uvloop
+from conftest import free_port
+
+from inferencesh_ray import zerocopy
+from inferencesh_ray.listener import Listener
+
+SIZE = 3 * (1 << 20) + 12345
+
+
+@pytest.fixture
+def big_file(tmp_path):
+    path = tmp_path / "big.bin"
+    path.write_bytes(os.urandom(SIZE))
+    return path
+
+
+def file_app(path, seen):
+    """Sends `path` (or its [offset, offset+count) from the query) with the extension when offered, else streams."""
+
+    async def app(scope, receive, send):
+        seen.append(zerocopy.EXTENSION in (scope.get("extensions") or {}))
+        query = dict(p.split("=") for p in scope["query_string"].decode().split("&") if p)
+        offset, count = int(query.get("offset", 0)), int(query.get("count", SIZE))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(count).encode())]})
+        with open(path, "rb") as handle:
+            if seen[-1]:
+                await send({"type": zerocopy.EXTENSION, "file": handle, "offset": offset, "count": count})
+            else:
+                handle.seek(offset)
+                await send({"type": "http.response.body", "body": handle.read(count)})
+
+    return app
+
+
+async def serving(app, port, scenario):
+    listener = Listener(app, f"127.0.0.1:{port}")
+    try:
+        for _ in range(100):  # the server starts on the loop's next turns
+            try:
+                with socket.create_connection(("127.0.0.1", port)):
+                    break
+            except OSError:
+                await asyncio.sleep(0.02)
+        return await scenario()
+    finally:
+        await listener.close()
+
+
+def test_a_file_goes_out_whole_and_in_ranges_on_the_event_loop_ray_uses(big_file):
+    seen, port = [], free_port()
+    data = big_file.read_bytes()
+
+    async def scenario():
+        async with httpx.AsyncClient() as client:
+            whole = await client.get(f"http://127.0.0.1:{port}/")
+            part = await client.get(f"http://127.0.0.1:{port}/?offset=1000&count=2000000")
+            again = await client.get(f"http://127.0.0.1:{port}/?offset=5&count=7")  # the same connection, kept alive
+            return whole, part, again
+
+    whole, part, again = uvloop.run(serving(file_app(big_file, seen), port, scenario))
+    assert seen == [True, True, True]
+    assert whole.content == data
+    assert part.content == data[1000:2001000]
+    assert again.content == data[5:12]
+
+
+def test_a_client_that_goes_away_mid_file_leaves_the_server_serving(big_file, monkeypatch):
+    monkeypatch.setattr(zerocopy, "STEP", 1 << 16)  # many trips, so the client leaves during one
+    seen, port = [], free_port()
+
+    async def scenario():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        await reader.read(1 << 16)
+        writer.transport.abort()  # a reset, mid-body
+        await asyncio.sleep(0.5)
+        async with httpx.AsyncClient() as client:
+            return await client.get(f"http://127.0.0.1:{port}/?offset=0&count=10")
+
+    after = asyncio.run(serving(file_app(big_file, seen), port, scenario))
+    assert after.status_code == 200 and after.content == big_file.read_bytes()[:10]
+
+
+def test_a_file_shorter_than_announced_ends_the_connection_not_the_server(big_file):
+    seen, port = [], free_port()
+
+    async def scenario():
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get(f"http://127.0.0.1:{port}/?offset={SIZE - 10}&count=20")
+            return await client.get(f"http://127.0.0.1:{port}/?offset=0&count=3")
+
+    after = asyncio.run(serving(file_app(big_file, seen), port, scenario))
+    assert after.content == big_file.read_bytes()[:3]
