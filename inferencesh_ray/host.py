@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import threading
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,7 +37,18 @@ from .app import Metadata
 from .batching import Batcher
 from .discovery import AppFunction, Discovery, discover
 from .errors import AppCodeError, FieldError, FunctionNotFound, InvalidInput
-from .events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp, TaskEvent, Uploading
+from .events import (
+    TERMINAL_EVENTS,
+    Cancelled,
+    Completed,
+    Failed,
+    Log,
+    Output,
+    Running,
+    SettingUp,
+    TaskEvent,
+    Uploading,
+)
 from .file_access import FileAccess, FileFetchError, FileScope, LocalFiles
 from .file_fields import file_slots
 from .loader import load_app
@@ -45,6 +56,8 @@ from .schema import model_schema
 from .tracebacks import app_traceback, describe
 
 _log = logging.getLogger(__name__)
+RUNNING_HOLD_S = 0.01
+"""A task that ends this soon after it starts reports Running with its end: one message, one store write."""
 
 
 @dataclass(frozen=True)
@@ -149,16 +162,30 @@ class AppHost:
 
         Closing the iterator early (or cancelling its consumer) cancels the call.
         """
-        queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
+        async with aclosing(self.run_grouped(call, hold_running_s=0.0)) as groups:
+            async for group in groups:
+                for event in group:
+                    yield event
+
+    async def run_grouped(self, call: Call, hold_running_s: float = RUNNING_HOLD_S) -> AsyncIterator[list[TaskEvent]]:
+        """`run`'s events in groups, for a consumer across a process boundary: those ready
+        together, and from a Running on, what follows it for up to `hold_running_s`, so a
+        quick task's Running and Completed cross (and are stored) as one.
+        """
+        queue: asyncio.Queue[Optional[TaskEvent]] = asyncio.Queue()
         emit = _threadsafe_put(queue)
         worker = asyncio.ensure_future(self._serve(call, emit))
         worker.add_done_callback(lambda _: emit(None))
         try:
             while True:
-                event = await queue.get()
-                if event is None:
+                group = _drain(queue, [await queue.get()])
+                if hold_running_s and any(isinstance(event, Running) for event in group):
+                    group = await _hold(queue, group, hold_running_s)
+                events = [event for event in group if event is not None]
+                if events:
+                    yield events
+                if len(events) < len(group):
                     break
-                yield event
             worker.result()
         finally:
             if not worker.done():
@@ -174,12 +201,12 @@ class AppHost:
     async def _serve(self, call: Call, emit: Callable[[Any], None]) -> None:
         metadata = Metadata(**{"app_id": self.app_id, **call.metadata})
         metadata._log_sink = lambda text: emit(Log(text))
-        workdir = Path(tempfile.mkdtemp(prefix="infsh-task-"))
+        scratch: list[Path] = []  # the task's temporary directory, made only when its input has files
         try:
             with logs.capture(metadata._log_sink):
                 function = self.function(call.function)
                 config = self.setup_config(call.setup)
-                value = await self._prepare_input(function, call, workdir)
+                value = await self._prepare_input(function, call, scratch)
                 output = await self._call_function(function, config, value, metadata, call.scope, emit)
                 emit(Completed(await self._publish_outputs(function, output, call.scope, lambda: emit(Uploading()))))
         except asyncio.CancelledError:
@@ -194,7 +221,8 @@ class AppHost:
             # Only the type: the message may hold the server's paths or storage names.
             emit(Failed(f"internal error ({type(exc).__name__}) while serving this task; the server's log has the details"))
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            for workdir in scratch:
+                shutil.rmtree(workdir, ignore_errors=True)
 
     @asynccontextmanager
     async def _instance(self, config: SetupConfig, metadata: Metadata, emit: Callable[[Any], None]):
@@ -297,15 +325,19 @@ class AppHost:
             raise AppCodeError(f"{function.name} yielded no output")
         return last
 
-    async def _prepare_input(self, function: AppFunction, call: Call, workdir: Path) -> Any:
-        """Fetch the input's files to local paths, then validate; errors of both kinds are reported together."""
+    async def _prepare_input(self, function: AppFunction, call: Call, scratch: list[Path]) -> Any:
+        """Fetch the input's files to local paths (in a directory added to `scratch`), then validate;
+        errors of both kinds are reported together."""
         data = call.input
         if not isinstance(data, dict):
             raise InvalidInput("input", [FieldError("input", f"expected an object, got {type(data).__name__}")])
         data = copy.deepcopy(data)
         errors = []
-        for index, slot in enumerate(file_slots(self.schema_of(function.input_model), data)):
-            slot_dir = workdir / str(index)
+        slots = file_slots(self.schema_of(function.input_model), data)
+        if slots:
+            scratch.append(Path(tempfile.mkdtemp(prefix="infsh-task-")))
+        for index, slot in enumerate(slots):
+            slot_dir = scratch[0] / str(index)
             slot_dir.mkdir()
             try:
                 slot.set(await self.files.fetch(slot.value, slot_dir, call.scope))
@@ -398,6 +430,24 @@ async def _invoke(method: Callable, args: list, what: str, **kwargs: Any) -> Any
     except Exception as exc:
         prefix = f"{what} failed: " if what in ("setup", "unload") else ""
         raise AppCodeError(prefix + describe(exc), app_traceback(exc)) from exc
+
+
+async def _hold(queue: asyncio.Queue, group: list, seconds: float) -> list:
+    """`group` and what follows it in `seconds`, stopping at the task's end."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while group[-1] is not None and not isinstance(group[-1], TERMINAL_EVENTS):
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            break
+        with suppress(asyncio.TimeoutError):
+            group = _drain(queue, [*group, await asyncio.wait_for(queue.get(), left)])
+    return group
+
+
+def _drain(queue: asyncio.Queue, group: list) -> list:
+    while not queue.empty():
+        group.append(queue.get_nowait())
+    return group
 
 
 def _threadsafe_put(queue: asyncio.Queue) -> Callable[[Any], None]:

@@ -7,6 +7,7 @@ routes them to replicas already warm with that config; the host itself runs
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import AsyncIterator, Optional
 
 from ray import serve
@@ -23,10 +24,12 @@ class AppReplica:
         pin_replica_grpc_to_node_address()
         self.host = AppHost.load(app_path, app_id=app_name, files=ServerFiles(files), batching=batching)
 
-    async def run(self, call: Call) -> AsyncIterator[TaskEvent]:
+    async def run(self, call: Call) -> AsyncIterator[list[TaskEvent]]:
+        """The call's events, in groups (each group one streamed item)."""
         await self._warm(serve.get_multiplexed_model_id())
-        async for event in self.host.run(call):
-            yield event
+        async with aclosing(self.host.run_grouped(call)) as groups:
+            async for events in groups:
+                yield events
 
     def actor_options(self) -> dict:
         """This replica's resources and runtime env: a session of this app gets the same."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
@@ -49,12 +50,14 @@ class SessionWorker:
     def ready(self) -> bool:
         return True
 
-    async def run(self, call: Call) -> AsyncIterator[TaskEvent]:
+    async def run(self, call: Call) -> AsyncIterator[list[TaskEvent]]:
+        """The call's events, in groups (each group one streamed item), as an app replica sends them."""
         self._calls.add(asyncio.current_task())
         try:
             async with self._turn:
-                async for event in self.host.run(call):
-                    yield event
+                async with aclosing(self.host.run_grouped(call)) as groups:
+                    async for events in groups:
+                        yield events
         finally:
             self._calls.discard(asyncio.current_task())
 
@@ -123,7 +126,8 @@ async def call_worker(session_id: str, call: Call) -> AsyncIterator[TaskEvent]:
     stream = _worker(session_id).run.options(num_returns="streaming").remote(call)
     try:
         async for ref in stream:
-            yield await ref
+            for event in await ref:
+                yield event
     except ray.exceptions.TaskCancelledError:
         yield Cancelled("the session ended")
     except ray.exceptions.RayActorError as exc:

@@ -347,3 +347,26 @@ def test_two_apps_with_same_named_helper_modules_each_get_their_own(tmp_path):
     assert load_app(str(tmp_path / "first")).module.WHO == "first"  # loading again changes nothing
     # The tests' own `helpers` (imported before) is what other code still imports.
     assert Path(sys.modules["helpers"].__file__).parent == Path(__file__).parent
+
+
+def test_grouped_events_carry_a_quick_tasks_running_with_its_end(counting):
+    app_cls, lifecycle = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        warm = [group async for group in host.run_grouped(Call("shout", {"text": "a"}))]
+        quick = [group async for group in host.run_grouped(Call("shout", {"text": "b"}))]
+        slow = [group async for group in host.run_grouped(Call("blocking", {"text": "c"}), hold_running_s=0.05)]
+        # Closed early, the call is cancelled at once, as `run`'s is.
+        groups = host.run_grouped(Call("slow", {"text": "d"}))
+        first = await anext(groups)
+        await groups.aclose()
+        return warm, quick, slow, first
+
+    warm, quick, slow, first = asyncio.run(scenario())
+    assert warm[-1][-3:] == [Running(), Log("shouting a"), Completed({"text": "A", "mode": "a"})]  # after setup's
+    # A sync function, in a thread: its print and its end come after Running, in the same message.
+    assert quick == [[Running(), Log("shouting b"), Completed({"text": "B", "mode": "a"})]]
+    assert slow == [[Running()], [Completed({"text": "c", "mode": "a"})]]  # 0.2 s: Running is not held that long
+    assert first == [Running()]
+    assert "slow:cancelled:d" in lifecycle
