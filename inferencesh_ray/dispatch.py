@@ -32,13 +32,14 @@ Backend = Callable[[Call, str], AsyncIterator[TaskEvent]]
 
 
 def serve_backend(handle: Any) -> Backend:
-    """A backend over a Serve deployment handle, routed by setup key (model multiplexing)."""
+    """A backend over a Serve deployment handle (AppReplica), routed by setup key (model multiplexing)."""
 
     async def run(call: Call, setup_key: str) -> AsyncIterator[TaskEvent]:
         stream = handle.options(stream=True, multiplexed_model_id=setup_key).run.remote(call)
         try:
-            async for event in stream:
-                yield event
+            async for events in stream:
+                for event in events:
+                    yield event
         finally:
             stream.cancel()  # a no-op once finished; stops the replica's work when we stop early
 
@@ -65,12 +66,28 @@ class Dispatcher:
         self, owner: str, backend: Backend, call: Call, setup_key: str, fields: dict[str, Any],
         task_id: Optional[str] = None,
     ) -> dict:
-        """Create the task (QUEUED) and start it on `backend`; returns the task as created."""
+        """Create the task (QUEUED) and start it on `backend`; returns the task as created.
+
+        The call starts while the task's record is written, off the task's path; its events
+        wait for the record. A record that cannot be written cancels the call and raises.
+        Either way the backend is entered (the loop runs its tasks in the order they were
+        made: the call's before the one that would see the record fail), so a backend's
+        own cleanup, such as ending a session's call, always runs and callers do none.
+        """
         self._ensure_heartbeat()
+        task_id = task_id or uuid.uuid4().hex
+        call = replace(call, metadata={**call.metadata, "task_id": task_id, "session_id": fields.get("session_id")})
+        created = asyncio.ensure_future(self._create(owner, fields, task_id))
+        self._running[task_id] = asyncio.create_task(self._drive(owner, task_id, backend, call, setup_key, created))
+        try:
+            return await asyncio.shield(created)
+        except Exception:
+            self._cancel_local(task_id)
+            raise
+
+    async def _create(self, owner: str, fields: dict[str, Any], task_id: str) -> dict:
         task = await self._writes.create(owner, fields, self.id, task_id)
         self.tasks.put(owner, task)
-        call = replace(call, metadata={**call.metadata, "task_id": task["id"], "session_id": task.get("session_id")})
-        self._running[task["id"]] = asyncio.create_task(self._drive(owner, task["id"], backend, call, setup_key))
         return task
 
     async def cancel(self, task_id: str, owner: str) -> Optional[dict]:
@@ -80,9 +97,11 @@ class Dispatcher:
             self._cancel_local(task_id)
         return task
 
-    async def _drive(self, owner: str, task_id: str, backend: Backend, call: Call, setup_key: str) -> None:
+    async def _drive(
+        self, owner: str, task_id: str, backend: Backend, call: Call, setup_key: str, created: asyncio.Future
+    ) -> None:
         events: asyncio.Queue[Optional[TaskEvent]] = asyncio.Queue()
-        writer = asyncio.create_task(self._write(owner, task_id, events))
+        writer = asyncio.create_task(self._write(owner, task_id, events, created))
         try:
             async for event in backend(call, setup_key):
                 events.put_nowait(event)
@@ -98,8 +117,14 @@ class Dispatcher:
             await writer
             self._running.pop(task_id, None)
 
-    async def _write(self, owner: str, task_id: str, events: asyncio.Queue[Optional[TaskEvent]]) -> None:
-        """Apply the events in order, all those waiting in one write; None ends it."""
+    async def _write(
+        self, owner: str, task_id: str, events: asyncio.Queue[Optional[TaskEvent]], created: asyncio.Future
+    ) -> None:
+        """Once the task is recorded, apply the events in order, all those waiting in one write; None ends it."""
+        try:
+            await created
+        except Exception:
+            return  # never recorded: `submit` raised it and cancelled the call
         while True:
             batch = [await events.get()]
             while not events.empty():

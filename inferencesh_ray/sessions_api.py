@@ -65,18 +65,11 @@ class Sessions:
         if known is None or known[:2] != (owner, app.name):
             admitted = await self.admit(owner, app, session, timeout, task_id)
             fields = {**fields, "session_id": admitted.session_id, "session_timeout": admitted.idle_timeout}
-            try:
-                return await dispatcher.submit(owner, admitted.backend, call, setup_key, fields, task_id)
-            except BaseException:
-                await self.registry.end_call(admitted.session_id, False)  # counted in, never ran: don't pin it open
-                raise
+            # The backend ends the call in the registry, whatever happens to the task's record.
+            return await dispatcher.submit(owner, admitted.backend, call, setup_key, fields, task_id)
         admission = asyncio.ensure_future(self.admit(owner, app, session, None, task_id))
         fields = {**fields, "session_id": session, "session_timeout": known[2]}
-        try:
-            task = await dispatcher.submit(owner, self._once_admitted(admission), call, setup_key, fields, task_id)
-        except BaseException:
-            self._end_if_admitted(admission)  # counted in, never ran: don't pin it open
-            raise
+        task = await dispatcher.submit(owner, self._once_admitted(admission), call, setup_key, fields, task_id)
         await asyncio.shield(admission)  # a refusal (ApiProblem) is the answer
         return task
 

@@ -192,3 +192,27 @@ def test_remote_client_without_keys_is_refused():
     assert auth.owner(None, "127.0.0.1") == "local"
     with pytest.raises(Exception, match="only answers requests from its own machine"):
         auth.owner(None, "10.1.2.3")
+
+
+def test_a_task_that_cannot_be_recorded_is_refused_and_its_call_cancelled(apps, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(apps))
+    import lifecycle
+
+    async def body(client):
+        create = client.store.create
+
+        async def slow_create(*args):
+            await asyncio.sleep(0.3)  # the call has started meanwhile
+            raise RuntimeError("the task store is down")
+
+        client.store.create = slow_create
+        refused = await client.post("/apps/run", json={"app": "counting:slow", "input": {"text": "z"}})
+        client.store.create = create
+        after = await client.post("/apps/run", json={"app": "counting", "input": {"text": "y"}})
+        return refused, await wait_terminal(client, after.json()["data"]["id"])
+
+    lifecycle.EVENTS.clear()
+    refused, after = scenario(apps, tmp_path, body)
+    assert refused.status_code == 500 and refused.json()["type"] == "/errors/internal_error"
+    assert "slow:start:z" in lifecycle.EVENTS and "slow:cancelled:z" in lifecycle.EVENTS
+    assert after["status"] == TaskStatus.COMPLETED
