@@ -52,3 +52,27 @@ class V1Outer(v1.BaseModel):
 def test_v1_definitions():
     slots = file_slots(V1Outer.schema(), {"inner": {"doc": "x"}, "files": ["y", "z"]})
     assert sorted(slot.loc for slot in slots) == ["files.0", "files.1", "inner.doc"]
+
+
+class Tree(BaseModel):
+    attachment: Optional[File] = None
+    children: List["Tree"] = []
+
+
+class Embeddings(BaseModel):
+    vectors: List[List[float]]
+    names: Dict[str, str] = {}
+    image: Optional[File] = None
+
+
+def test_recursive_schemas_are_walked_and_values_that_cannot_hold_files_are_not(monkeypatch):
+    tree = {"attachment": "root", "children": [{"children": [{"attachment": "deep"}]}]}
+    assert sorted(slot.loc for slot in file_slots(Tree.model_json_schema(), tree)) == ["attachment",
+                                                                                         "children.0.children.0.attachment"]
+
+    class Untouchable(list):
+        def __iter__(self):
+            raise AssertionError("a list of floats was walked")
+
+    output = {"vectors": Untouchable([[0.1] * 384] * 32), "names": {"a": "b"}, "image": "img"}
+    assert [slot.loc for slot in file_slots(Embeddings.model_json_schema(), output)] == ["image"]
