@@ -8,7 +8,6 @@ it is tested with an in-process store and app host as well as on Ray.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -26,6 +25,7 @@ from .dispatch import Dispatcher
 from .file_access import FileScope
 from .files_api import files_router
 from .host import Call
+from .json_codec import dumps, dumps_ascii
 from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
 from .recent import RecentTasks
@@ -56,8 +56,13 @@ class RunRequest(BaseModel):
     session_timeout: Optional[int] = Field(None, description="Idle timeout of a new session, 1-3600 s")
 
 
+class _Envelope(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
 def envelope(data: Any) -> JSONResponse:
-    return JSONResponse({"success": True, "data": data, "messages": []})
+    return _Envelope({"success": True, "data": data, "messages": []})
 
 
 def create_app(catalog: "AppCatalog", dispatcher: "Dispatcher", auth: "Auth", files: "ServerFiles", sessions: "Sessions",
@@ -178,7 +183,7 @@ async def _task_lines(
             yield HEARTBEAT_LINE
             continue
         seen, sent_at = version, time.monotonic()
-        yield (json.dumps(stream_view(task), ensure_ascii=True) + "\n").encode()
+        yield dumps_ascii(stream_view(task)) + b"\n"
         if TaskStatus(task["status"]).is_terminal:
             return
 

@@ -13,7 +13,6 @@ dispatcher stops renewing is ended FAILED, so nothing stays running forever.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 import uuid
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from .events import Cancelled, Completed, Failed, Log, Output, TaskEvent
+from .json_codec import dumps, loads
 from .status import TaskStatus
 
 LEASE_S = 20.0
@@ -76,7 +76,7 @@ class TaskStore:
         # Tasks still open from before a restart stay live: their dispatcher may still be
         # running them and will renew its lease; if not, the reaper ends them.
         for owner, dispatcher, body in self._db.execute("SELECT owner, dispatcher, body FROM tasks WHERE status < 10"):
-            task = json.loads(body)
+            task = loads(body)
             self._live[task["id"]] = _Live(task, owner, dispatcher)
 
     # -- creating and reading -------------------------------------------------
@@ -108,7 +108,7 @@ class TaskStore:
         if live is not None:
             return live.task if live.owner == owner else None
         row = self._db.execute("SELECT body FROM tasks WHERE id = ? AND owner = ?", (task_id, owner)).fetchone()
-        return json.loads(row[0]) if row else None
+        return loads(row[0]) if row else None
 
     async def watch(self, task_id: str, owner: str, seen: int, timeout: float) -> Optional[tuple[int, dict]]:
         """(version, task) once the task's version passes `seen`, or the current one after `timeout`."""
@@ -240,7 +240,7 @@ class TaskStore:
         self._db.execute(
             "INSERT INTO tasks (id, owner, status, created, updated, dispatcher, body) VALUES (?,?,?,?,?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET status = excluded.status, updated = excluded.updated, body = excluded.body",
-            (task["id"], owner, task["status"], stamp, stamp, dispatcher, json.dumps(task)),
+            (task["id"], owner, task["status"], stamp, stamp, dispatcher, dumps(task).decode()),
         )
 
 

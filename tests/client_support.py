@@ -3,6 +3,7 @@ endpoints, and a TCP proxy that cuts task streams the way a flaky network does."
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -176,7 +177,7 @@ class CuttingProxy:
 
 def terminal_chunk(chunk: bytes) -> bool:
     """Does this chunk of a stream carry a finished task (`"status": 10..13`)?"""
-    return any(f'"status": {status}'.encode() in chunk for status in (10, 11, 12, 13))
+    return re.search(rb'"status":\s*1[0-3]\b', chunk) is not None
 
 
 def _recv(sock: socket.socket) -> bytes:

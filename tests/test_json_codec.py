@@ -1,0 +1,18 @@
+"""Task documents' JSON: orjson's speed, the standard library's output."""
+
+import json
+
+from inferencesh_ray.json_codec import dumps, dumps_ascii, loads
+
+
+def test_the_stream_line_is_ascii_exactly_as_the_standard_library_writes_it():
+    task = {"id": "t", "output": {"text": "caf\u00e9 \u2028 line \U0001f600", "n": [1, 2.5, None, True]}, "logs": []}
+    assert dumps_ascii(task) == json.dumps(task, ensure_ascii=True, separators=(",", ":")).encode()
+    assert dumps_ascii(task).isascii() and b"\\u2028" in dumps_ascii(task)
+    assert loads(dumps_ascii(task)) == task == loads(dumps(task))
+
+
+def test_what_orjson_refuses_is_still_encoded():
+    value = {"big": 2**70, 1: "an int key"}
+    assert loads(dumps(value)) == {"big": 2**70, "1": "an int key"}
+    assert loads(dumps({2: "x"})) == {"2": "x"}
