@@ -22,7 +22,13 @@ _SINGLE_NODE = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 # went from 77 to 117 per second. Set it to 0 in the environment to keep Serve's defaults.
 # Not its direct ingress, which it would turn on too: with it a replica's shutdown outlasts
 # Serve's own 30 s wait, and apps are killed before their `unload` runs.
-_THROUGHPUT = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+_THROUGHPUT = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    # Actor-call arguments and results up to 1 MiB travel in the call, not through the object
+    # store: a task with 32 embeddings (~110 KB pickled) crossed it twice per store write.
+    "RAY_max_direct_call_object_size": str(1 << 20),
+}
 
 
 def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> bool:
