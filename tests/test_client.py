@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
+import os
 import time
+import tracemalloc
 
 import httpx
 import pytest
@@ -37,6 +40,7 @@ from inferencesh_ray.client._files import uploads_in, with_uris
 from inferencesh_ray.client._stream import HEARTBEAT, StreamOptions, TaskWatch, parse_line
 
 KEY = "test-key"
+MIB = 1 << 20
 STRIPPED = {"id", "created_at", "updated_at", "input", "output", "logs", "status"}
 
 
@@ -508,6 +512,86 @@ def test_async_upload_and_download_with_the_stub(stub_files, tmp_path):
     client = sync_client(stub_files.url)
     assert client.files.download(created, f"{tmp_path}/new/") == tmp_path / "new" / "a.txt"  # a directory, made
     assert client.files.download(created["uri"], tmp_path / "deep" / "b.bin").read_bytes() == b"async bytes"
+
+
+class PieceCounter(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Answers `POST /files`, and takes a PUT's body one piece at a time as the network would,
+    keeping only its length and digest (MockTransport would read the whole body first)."""
+
+    def __init__(self, on_post=lambda: None) -> None:
+        self.on_post = on_post
+        self.pieces: list[int] = []
+        self.headers: dict[str, str] = {}
+        self.digest = hashlib.sha256()
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            self.on_post()
+            created = {"uri": "http://files.test/f/1", "upload_url": "http://files.test/up/1?sig=s"}
+            return httpx.Response(200, json={"success": True, "data": [created]})
+        self.headers = dict(request.headers)
+        return httpx.Response(200)
+
+    def take(self, piece: bytes) -> None:
+        self.pieces.append(len(piece))
+        self.digest.update(piece)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            for piece in request.stream:
+                self.take(piece)
+        else:
+            request.read()
+        return self.answer(request)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            async for piece in request.stream:
+                self.take(piece)
+        else:
+            await request.aread()
+        return self.answer(request)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_local_file_is_uploaded_streamed_from_disk_with_its_size(tmp_path, mode):
+    big = tmp_path / "big.bin"
+    content = os.urandom(24 * MIB + 123)
+    big.write_bytes(content)
+    transport = PieceCounter()
+    tracemalloc.start()
+    try:
+        if mode == "sync":
+            inference(base_url="http://api.test", transport=transport).files.upload(str(big))
+        else:
+            asyncio.run(async_inference(base_url="http://api.test", transport=transport).files.upload(str(big)))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert transport.pieces == [MIB] * 24 + [123] and transport.digest.hexdigest() == hashlib.sha256(content).hexdigest()
+    assert transport.headers["content-length"] == str(len(content)) and "transfer-encoding" not in transport.headers
+    assert transport.headers["content-type"] == "application/octet-stream" and "authorization" not in transport.headers
+    assert peak < 8 * MIB, f"{peak / MIB:.0f} MiB allocated at the peak: the file was read whole"
+
+
+def test_a_file_that_shrinks_during_its_upload_fails_by_name(tmp_path):
+    shrinking = tmp_path / "shrinking.bin"
+    shrinking.write_bytes(b"x" * (2 * MIB))
+    transport = PieceCounter(on_post=lambda: shrinking.write_bytes(b"x" * 100))  # between the size and the PUT
+    with pytest.raises(ValueError, match=r"shrinking\.bin ended 2097052 bytes short of its size"):
+        inference(base_url="http://api.test", transport=transport).files.upload(str(shrinking))
+
+
+def test_a_large_download_arrives_whole_sync_and_async(stub_files, tmp_path):
+    content = os.urandom(3 * MIB + 321)  # several write pieces and a partial one
+
+    async def async_download(uri):
+        async with async_client(stub_files.url) as client:
+            return await client.files.download(uri, tmp_path / "async.bin")
+
+    created = sync_client(stub_files.url).files.upload(content, UploadFileOptions(filename="big.bin"))
+    assert sync_client(stub_files.url).files.download(created, tmp_path).read_bytes() == content
+    assert asyncio.run(async_download(created["uri"])).read_bytes() == content
 
 
 def test_input_walk_uploads_files_data_and_base64_and_leaves_the_rest(tmp_path):

@@ -6,7 +6,7 @@ import asyncio
 import os
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional, Union
+from typing import IO, Any, AsyncIterator, Optional, Union
 
 import httpx
 
@@ -17,10 +17,12 @@ from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
     FileData,
     UploadFileOptions,
+    UploadSource,
     data_uri_bytes,
     download_source,
     download_target,
     file_request,
+    next_chunk,
     partial_file,
     upload_source,
     upload_target,
@@ -28,6 +30,7 @@ from ._files import (
 )
 from ._stream import StreamOptions, TaskWatch
 from ._tasks import strip_task
+from ._transfer import upload_request
 from ._wire import MessageCallback, Response, is_transient, read_envelope, route, task_of
 
 
@@ -220,14 +223,19 @@ class AsyncFiles:
         options = options or UploadFileOptions()
         source = upload_source(data, options)
         created, upload_url = upload_target((await self._connection.request("POST", "/files", json=file_request(source, options))).data)
-        content = source.content
-        if content is None:  # read off the event loop: a large file would stall every other task
-            content = await asyncio.to_thread(Path(source.local_path or "").read_bytes)
-        put = file_url_request(self._connection.http, "PUT", upload_url, content=content, content_type=source.content_type)
-        async with self._sending():
-            async with self._connection.open(put):
-                pass
+        if source.local_path is None:
+            await self._put(upload_url, source, source.content)
+        else:  # streamed from disk a piece at a time, read off the event loop: a disk read would stall every other task
+            handle = await asyncio.to_thread(open, source.local_path, "rb")
+            try:
+                await self._put(upload_url, source, _file_chunks(handle, source.size))
+            finally:
+                handle.close()
         return created
+
+    async def _put(self, upload_url: str, source: UploadSource, content: Any) -> None:
+        async with self._sending(), self._connection.open(upload_request(self._connection.http, upload_url, source, content)):
+            pass
 
     async def download(self, file: Union[str, dict, File], dest: Union[str, "os.PathLike[str]"] = ".") -> Path:
         """Save an output file (a `{uri, ...}` value, a File or a URI) to `dest`, a file or a directory; returns its path."""
@@ -248,6 +256,15 @@ class AsyncFiles:
             yield
         except httpx.TransportError as exc:
             raise connection_failed(exc, self._connection.config.timeout) from exc
+
+
+async def _file_chunks(handle: IO[bytes], size: int) -> AsyncIterator[bytes]:
+    """`file_chunks` for the async client: each piece is read in a worker thread."""
+    left = size
+    while left > 0:
+        block = await asyncio.to_thread(next_chunk, handle, left)
+        left -= len(block)
+        yield block
 
 
 class AsyncSessions:

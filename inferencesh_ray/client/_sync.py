@@ -22,9 +22,11 @@ from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
     FileData,
     UploadFileOptions,
+    UploadSource,
     data_uri_bytes,
     download_source,
     download_target,
+    file_chunks,
     file_request,
     partial_file,
     upload_source,
@@ -33,6 +35,7 @@ from ._files import (
 )
 from ._stream import StreamOptions, TaskWatch
 from ._tasks import strip_task
+from ._transfer import upload_request
 from ._wire import MessageCallback, Response, is_transient, read_envelope, route, task_of
 
 
@@ -253,12 +256,16 @@ class Files:
         options = options or UploadFileOptions()
         source = upload_source(data, options)
         created, upload_url = upload_target(self._connection.request("POST", "/files", json=file_request(source, options)).data)
-        content = source.content if source.content is not None else Path(source.local_path or "").read_bytes()
-        put = file_url_request(self._connection.http, "PUT", upload_url, content=content, content_type=source.content_type)
-        with self._sending():
-            with self._connection.open(put):
-                pass
+        if source.local_path is None:
+            self._put(upload_url, source, source.content)
+        else:  # streamed from disk a piece at a time: a large file is never in memory whole
+            with open(source.local_path, "rb") as handle:
+                self._put(upload_url, source, file_chunks(handle, source.size))
         return created
+
+    def _put(self, upload_url: str, source: UploadSource, content: Any) -> None:
+        with self._sending(), self._connection.open(upload_request(self._connection.http, upload_url, source, content)):
+            pass
 
     def download(self, file: Union[str, dict, File], dest: Union[str, "os.PathLike[str]"] = ".") -> Path:
         """Save an output file (a `{uri, ...}` value, a File or a URI) to `dest`, a file or a directory; returns its path."""
