@@ -2,14 +2,16 @@
 
     .venv/bin/python benchmarks/files_throughput.py [--mb 200] [--rounds 5]
 
-Ours: `POST /files`, then a streamed `PUT` of the bytes to the upload URL (as the official
-client does it, but streamed from disk), then a streamed `GET` of the file's URL to a
-local file, into the local-disk store; through each door: Serve's HTTP proxy, and the
-ingress's own listener (`listen`). Each door has its own application (its own ingress
-replica), on one data directory, so one door's memory never shows in the other's.
+Ours: our client's `files.upload` of the file (`POST /files`, then a `PUT` of its bytes,
+streamed from disk, to the upload URL; the time is both), into the local-disk store, then
+its `files.download` of the file's URL to a local file: the product's path, as a user's
+code takes it; through each door: Serve's HTTP proxy, and the ingress's own listener
+(`listen`). Each door has its own application (its own ingress replica), on one data
+directory, so one door's memory never shows in the other's.
 Plain: `fs.put_file` and `fs.get_file` of the same file with the same fsspec filesystem.
 Every transfer starts after an `os.sync()` (the disk's writeback of the one before would
-slow it), and plain, proxy and listen take turns going first.
+slow it), every download with no copy of the file at its target (freeing the old one's
+pages is no part of it), and plain, proxy and listen take turns going first.
 Memory: the resident set of the ingress replica (and, through the proxy, of Serve's proxy)
 at rest, and its peak (VmHWM, reset before each transfer, the highest of the rounds)
 during the upload and during the download: flat means the server streams instead of
@@ -30,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import httpx
+from inferencesh_ray.client import Inference, UploadFileOptions
 
 HERE = Path(__file__).resolve().parent
 CHUNK = 1 << 20
@@ -107,26 +109,15 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ours_upload(client: httpx.Client, base: str, source: Path) -> tuple[float, dict]:
-    size = source.stat().st_size
-
-    def chunks():
-        with open(source, "rb") as handle:
-            while block := handle.read(CHUNK):
-                yield block
-
-    file = client.post(f"{base}/files", json={"files": [{"filename": "big.bin", "size": size}]}).json()["data"][0]
+def ours_upload(client: Inference, source: Path) -> tuple[float, dict]:
     started = time.perf_counter()
-    client.put(file["upload_url"], content=chunks(), headers={"content-length": str(size)}).raise_for_status()
+    file = client.files.upload(str(source), UploadFileOptions(filename="big.bin"))
     return time.perf_counter() - started, file
 
 
-def ours_download(client: httpx.Client, file: dict, target: Path) -> float:
+def ours_download(client: Inference, file: dict, target: Path) -> float:
     started = time.perf_counter()
-    with client.stream("GET", file["uri"]) as response, open(target, "wb") as out:
-        response.raise_for_status()
-        for block in response.iter_bytes():  # as they come: re-chunking would copy every byte once more
-            out.write(block)
+    client.files.download(file, target)
     return time.perf_counter() - started
 
 
@@ -134,6 +125,7 @@ def plain(fs, root: str, source: Path, target: Path, name: str, cpu: dict) -> tu
     seconds = []
     for what, copy, args in (("upload", fs.put_file, (str(source), f"{root}/{name}")),
                              ("download", fs.get_file, (f"{root}/{name}", str(target)))):
+        target.unlink(missing_ok=True)
         os.sync()
         started, client_cpu = time.perf_counter(), time.process_time()
         copy(*args)
@@ -188,7 +180,8 @@ def main() -> None:
     peaks: dict = {}
     cpu: dict[str, dict] = {"plain": {}, **{door: {} for door in DOORS}}
     times: dict[str, list[tuple[float, float]]] = {"plain": [], **{door: [] for door in DOORS}}
-    with httpx.Client(timeout=600) as client:
+    clients = {door: Inference(base_url=base, timeout=600) for door, base in DOORS.items()}
+    try:
         for round_ in range(args.rounds):
             print(f"round {round_ + 1}/{args.rounds}...", file=sys.stderr, flush=True)
             order = ["plain", *DOORS]
@@ -196,11 +189,15 @@ def main() -> None:
                 if what == "plain":
                     times["plain"].append(plain(store.fs, store.root, source, target, f"plain-{round_}", cpu["plain"]))
                     continue
-                base = DOORS[what]
-                upload_s, file = watched(watch[what], peaks, cpu[what], "upload", ours_upload, client, base, source)
+                client = clients[what]
+                upload_s, file = watched(watch[what], peaks, cpu[what], "upload", ours_upload, client, source)
+                target.unlink(missing_ok=True)
                 download_s = watched(watch[what], peaks, cpu[what], "download", ours_download, client, file, target)
                 times[what].append((upload_s, download_s))
                 assert sha256_of(target) == digest, f"the file downloaded through {what} differs"
+    finally:
+        for client in clients.values():
+            client.close()
 
     def rate(seconds: list[float]) -> float:
         return args.mb / statistics.median(seconds)
