@@ -14,13 +14,16 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 EXTENSION = "http.response.zerocopysend"
-STEP = 16 << 20
-"""At most this much per trip to a worker thread, so one download never holds a thread for long."""
+STEP = 4 << 20
+"""At most this much per sendfile call."""
+TRIP_S = 0.1
+"""At most this long per trip to a worker thread, so a slow client never holds one for long."""
 STALL_S = 60.0
 """A client that reads nothing for this long is cut off, as uvicorn would time out an idle one."""
 
@@ -45,8 +48,10 @@ def with_zero_copy(app: ASGIApp) -> ASGIApp:
 def _can_carry(cycle: Any) -> bool:
     # Bytes written past uvicorn are accounted for by hand (its expected length), which only
     # its httptools protocol tracks that way; h11 keeps its own state machine, so it streams.
+    # Never under TLS: the kernel would send plaintext.
     return (type(cycle).__module__ == "uvicorn.protocols.http.httptools_impl"
-            and hasattr(cycle, "transport") and hasattr(cycle, "expected_content_length"))
+            and hasattr(cycle, "transport") and hasattr(cycle, "expected_content_length")
+            and cycle.transport.get_extra_info("sslcontext") is None)
 
 
 def _sender(cycle: Any) -> Callable[[dict], Awaitable[None]]:
@@ -56,8 +61,13 @@ def _sender(cycle: Any) -> Callable[[dict], Awaitable[None]]:
         if cycle.disconnected:
             return
         if cycle.scope["method"] != "HEAD":
+            file, offset, count = message["file"], message.get("offset"), message.get("count")
+            offset = os.lseek(file.fileno(), 0, os.SEEK_CUR) if offset is None else offset
+            count = os.fstat(file.fileno()).st_size - offset if count is None else count
+            if cycle.chunked_encoding or count > cycle.expected_content_length:
+                raise RuntimeError("a zero-copy send needs a content-length response that covers it")
             try:
-                sent = await _send_file(cycle.transport, message["file"], message.get("offset"), message.get("count"))
+                sent = await _send_file(cycle.transport, file, offset, count)
             except OSError:
                 cycle.transport.close()  # the client went away (or stalled): nothing more to say to it
                 await asyncio.sleep(0)  # lets uvicorn see the connection lost, so it logs no error
@@ -68,19 +78,22 @@ def _sender(cycle: Any) -> Callable[[dict], Awaitable[None]]:
     return send
 
 
-async def _send_file(transport: Any, file: Any, offset: Any, count: Any) -> int:
-    """Send `count` bytes of `file` from `offset` (its position, to its end, by default); the bytes sent."""
-    file_fd = file.fileno()
-    offset = os.lseek(file_fd, 0, os.SEEK_CUR) if offset is None else offset
-    count = os.fstat(file_fd).st_size - offset if count is None else count
-    while transport.get_write_buffer_size():  # uvicorn's headers go out first
-        await asyncio.sleep(0.001)
-    # A duplicate: if the loop closes the connection meanwhile, its number cannot be reused under us.
-    sock_fd = os.dup(transport.get_extra_info("socket").fileno())
+async def _send_file(transport: Any, file: Any, offset: int, count: int) -> int:
+    """Send `count` bytes of `file` from `offset`; the bytes sent (fewer if the file ends first)."""
+    await _flushed(transport)  # uvicorn's headers go out first
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        raise ConnectionResetError("the client went away")
+    # The thread works on duplicates, closed only once it is done: numbers closed under it could
+    # be reused by another file or connection of this process, which it would then write into.
+    sock_fd, file_fd, stop = os.dup(sock.fileno()), os.dup(file.fileno()), threading.Event()
     loop, sent, last_progress = asyncio.get_running_loop(), 0, time.monotonic()
+    trip: Optional[asyncio.Future] = None
     try:
         while sent < count:
-            step = await loop.run_in_executor(_threads, _send_some, sock_fd, file_fd, offset + sent, min(STEP, count - sent))
+            trip = loop.run_in_executor(_threads, _send_some, sock_fd, file_fd, offset + sent, count - sent, stop)
+            step = await asyncio.shield(trip)
+            trip = None
             if step < 0:
                 break  # the file ended early: the response is short, and uvicorn says so
             sent += step
@@ -89,22 +102,43 @@ async def _send_file(transport: Any, file: Any, offset: Any, count: Any) -> int:
             elif time.monotonic() - last_progress > STALL_S:
                 raise TimeoutError(f"the client read nothing for {STALL_S:.0f} s")
     finally:
-        os.close(sock_fd)
+        if trip is None:
+            _close(sock_fd, file_fd)
+        else:  # cancelled mid-trip: the thread stops at its next look, then they are closed
+            stop.set()
+            trip.add_done_callback(lambda _: _close(sock_fd, file_fd))
     return sent
 
 
-def _send_some(sock_fd: int, file_fd: int, offset: int, count: int) -> int:
-    """Up to `count` bytes, waiting at most a second for the socket; -1 at the file's end."""
-    sent, poller = 0, select.poll()
+async def _flushed(transport: Any) -> None:
+    deadline, pause = time.monotonic() + STALL_S, 0.001
+    while transport.get_write_buffer_size() and not transport.is_closing():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the client read nothing for {STALL_S:.0f} s")
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _send_some(sock_fd: int, file_fd: int, offset: int, count: int, stop: threading.Event) -> int:
+    """What the socket takes of `count` bytes within TRIP_S (so slow clients share the threads); -1 at the file's end."""
+    sent, poller, deadline = 0, select.poll(), time.monotonic() + TRIP_S
     poller.register(sock_fd, select.POLLOUT)
-    while sent < count:
+    while sent < count and not stop.is_set():
         try:
-            step = os.sendfile(sock_fd, file_fd, offset + sent, count - sent)
+            step = os.sendfile(sock_fd, file_fd, offset + sent, min(STEP, count - sent))
         except BlockingIOError:
-            if not poller.poll(1000):
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(max(1, int(left * 1000))):
                 return sent
             continue
         if step == 0:
             return sent or -1
         sent += step
+        if time.monotonic() > deadline:
+            break
     return sent
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)

@@ -100,3 +100,80 @@ def test_a_file_shorter_than_announced_ends_the_connection_not_the_server(big_fi
 
     after = asyncio.run(serving(file_app(big_file, seen), port, scenario))
     assert after.content == big_file.read_bytes()[:3]
+
+
+class _Transport:
+    """What `_send_file` uses of a uvloop transport, over one end of a socket pair."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def get_write_buffer_size(self):
+        return 0
+
+    def is_closing(self):
+        return False
+
+    def get_extra_info(self, name):
+        return self.sock if name == "socket" else None
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_cancelled_send_stops_its_thread_before_its_descriptors_are_closed(big_file):
+    async def scenario():
+        ours, client = socket.socketpair()
+        ours.setblocking(False)
+        with open(big_file, "rb") as handle:
+            before = _open_fds()
+            sending = asyncio.create_task(zerocopy._send_file(_Transport(ours), handle, 0, SIZE))
+            await asyncio.sleep(0.3)  # the client reads nothing: the thread waits on the full socket
+            during = _open_fds()
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+            for _ in range(100):  # the thread notices within a trip, then both duplicates are closed
+                if _open_fds() == before:
+                    break
+                await asyncio.sleep(0.01)
+            after = _open_fds()
+        client.close()
+        ours.close()
+        return before, during, after
+
+    before, during, after = asyncio.run(scenario())
+    assert during == before + 2 and after == before
+
+
+def test_a_client_that_reads_nothing_holds_a_thread_for_one_trip_only(big_file):
+    import threading
+    import time
+
+    ours, client = socket.socketpair()
+    ours.setblocking(False)
+    with open(big_file, "rb") as handle:
+        started = time.monotonic()
+        first = zerocopy._send_some(ours.fileno(), handle.fileno(), 0, SIZE, threading.Event())
+        second = zerocopy._send_some(ours.fileno(), handle.fileno(), first, SIZE - first, threading.Event())
+        took = time.monotonic() - started
+    client.close()
+    ours.close()
+    assert 0 < first < SIZE and second == 0  # the socket's buffer filled, then nothing more was taken
+    assert took < 2 * zerocopy.TRIP_S + 0.5
+
+
+def test_a_zero_copy_send_past_the_announced_length_is_refused_not_sent(big_file):
+    port = free_port()
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        with open(big_file, "rb") as handle:
+            await send({"type": zerocopy.EXTENSION, "file": handle, "offset": 0, "count": 20})
+
+    async def scenario():
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.get(f"http://127.0.0.1:{port}/")
+
+    asyncio.run(serving(app, port, scenario))
