@@ -3,7 +3,8 @@
 A task's body is encoded for the store, for `GET /tasks/{id}` and for each stream line;
 with a large output (32 embeddings of 384 floats, ~270 KB of JSON) the standard
 library took ~6 ms per encoding, orjson ~0.3 ms. The standard library still answers
-what orjson refuses (integers past 64 bits), with the same JSON.
+what orjson refuses or misreads (integers past 64 bits, lone surrogates, NaN written by
+`json` before), with the same JSON.
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from typing import Any
 import orjson
 
 _NON_ASCII = re.compile("[^\x00-\x7f]")
+_LONG_NUMBER = re.compile(rb"\d{19}")  # orjson reads integers past 64 bits as floats
 
 
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON; keys that are not strings become strings, as with `json`."""
     try:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    except TypeError:  # integers past 64 bits, lone surrogates (from surrogateescape'd bytes)
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 def dumps_ascii(value: Any) -> bytes:
@@ -32,7 +34,14 @@ def dumps_ascii(value: Any) -> bytes:
 
 
 def loads(data: "str | bytes") -> Any:
-    return orjson.loads(data)
+    """What `dumps` wrote, or `json.dumps` before it: integers past 64 bits stay integers."""
+    raw = data.encode() if isinstance(data, str) else data
+    if _LONG_NUMBER.search(raw):
+        return json.loads(data)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:  # NaN and Infinity, escaped lone surrogates
+        return json.loads(data)
 
 
 def _escape(match: "re.Match[str]") -> str:

@@ -1,6 +1,7 @@
 """Task documents' JSON: orjson's speed, the standard library's output."""
 
 import json
+import math
 
 from inferencesh_ray.json_codec import dumps, dumps_ascii, loads
 
@@ -16,3 +17,12 @@ def test_what_orjson_refuses_is_still_encoded():
     value = {"big": 2**70, 1: "an int key"}
     assert loads(dumps(value)) == {"big": 2**70, "1": "an int key"}
     assert loads(dumps({2: "x"})) == {"2": "x"}
+
+
+def test_lone_surrogates_nan_from_older_rows_and_long_integers_survive_a_round_trip():
+    surrogate = {"text": b"caf\xff".decode("utf-8", "surrogateescape")}  # a non-UTF-8 file name, say
+    assert dumps_ascii(surrogate) == json.dumps(surrogate, separators=(",", ":")).encode()
+    assert loads(dumps(surrogate)) == surrogate
+    assert math.isnan(loads('{"x": NaN}')["x"])  # as `json` wrote it before
+    assert loads(dumps({"n": 2**70, "m": -(2**64)})) == {"n": 2**70, "m": -(2**64)}
+    assert loads('{"id": "t", "output": [1.5, 2]}') == {"id": "t", "output": [1.5, 2]}
