@@ -79,11 +79,13 @@ class Dispatcher:
         call = replace(call, metadata={**call.metadata, "task_id": task_id, "session_id": fields.get("session_id")})
         created = asyncio.ensure_future(self._create(owner, fields, task_id))
         self._running[task_id] = asyncio.create_task(self._drive(owner, task_id, backend, call, setup_key, created))
-        try:
-            return await asyncio.shield(created)
-        except Exception:
-            self._cancel_local(task_id)
-            raise
+
+        def cancel_unless_recorded(done: asyncio.Future) -> None:  # also when nobody awaits `submit` any more
+            if done.cancelled() or done.exception() is not None:
+                self._cancel_local(task_id)
+
+        created.add_done_callback(cancel_unless_recorded)
+        return await asyncio.shield(created)
 
     async def _create(self, owner: str, fields: dict[str, Any], task_id: str) -> dict:
         task = await self._writes.create(owner, fields, self.id, task_id)
@@ -124,7 +126,7 @@ class Dispatcher:
         try:
             await created
         except Exception:
-            return  # never recorded: `submit` raised it and cancelled the call
+            return  # never recorded: `submit` raised it, and the call is cancelled
         while True:
             batch = [await events.get()]
             while not events.empty():
@@ -132,9 +134,22 @@ class Dispatcher:
             done = batch[-1] is None
             batch = [event for event in batch if event is not None]
             if batch:
-                self.tasks.put(owner, await self._writes.apply(task_id, batch))
+                await self._record(owner, task_id, batch)
             if done:
                 return
+
+    async def _record(self, owner: str, task_id: str, events: list[TaskEvent]) -> None:
+        """Apply `events`; events the store refuses end the task FAILED rather than leave it running."""
+        try:
+            self.tasks.put(owner, await self._writes.apply(task_id, events))
+            return
+        except Exception as exc:
+            _log.warning("task %s: its events could not be recorded: %s", task_id, describe(exc))
+            failed = Failed(f"the server could not record this task's progress ({type(exc).__name__}); submit it again")
+        try:
+            self.tasks.put(owner, await self._writes.apply(task_id, [failed]))
+        except Exception as exc:  # the store itself is failing: nothing more can be recorded
+            _log.warning("task %s: its failure could not be recorded either: %s", task_id, describe(exc))
 
     def _cancel_local(self, task_id: str) -> None:
         running = self._running.get(task_id)

@@ -181,10 +181,11 @@ class AppHost:
                 group = _drain(queue, [await queue.get()])
                 if hold_running_s and any(isinstance(event, Running) for event in group):
                     group = await _hold(queue, group, hold_running_s)
-                events = [event for event in group if event is not None]
+                ended = None in group
+                events = group[:group.index(None)] if ended else group  # nothing after the end
                 if events:
                     yield events
-                if len(events) < len(group):
+                if ended:
                     break
             worker.result()
         finally:

@@ -115,3 +115,74 @@ def test_concurrent_writes_share_one_store_call_and_each_gets_its_own_answer(tmp
     # One write failing fails only its caller; the cancel beside it went through.
     assert bad[0]["status"] == TaskStatus.CANCELLING and isinstance(bad[1], Exception)
     assert calls.count("write") <= 4, calls
+
+
+def test_events_the_store_refuses_end_the_task_failed_not_running(tmp_path):
+    async def backend(call, setup_key):
+        yield Running()
+        yield Completed({"unstorable": True})
+
+    class RefusingStore(CountingStore):
+        def __getattr__(self, name):
+            call = super().__getattr__(name)
+
+            async def refusing(*args):
+                if name == "write" and any(op == "apply" and any(isinstance(e, Completed) for e in op_args[1])
+                                           for op, op_args in args[0]):
+                    raise ValueError("cannot store this")
+                return await call(*args)
+
+            return refusing
+
+    async def main():
+        dispatcher = Dispatcher(RefusingStore(tmp_path / "t.db"), {"app": backend})
+        task = await dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}})
+        while dispatcher._running:
+            await asyncio.sleep(0.01)
+        await dispatcher.close()
+        return await dispatcher.store.get(task["id"], "me")
+
+    stored = asyncio.run(main())
+    assert stored["status"] == TaskStatus.FAILED
+    assert stored["error"] == "the server could not record this task's progress (ValueError); submit it again"
+
+
+def test_a_record_that_fails_cancels_the_call_even_when_nobody_awaits_submit(tmp_path):
+    started, cancelled = asyncio.Event(), []
+
+    async def backend(call, setup_key):
+        started.set()
+        try:
+            await asyncio.sleep(30)
+            yield Completed({})
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    class DownStore:
+        """A task store whose writes hang until `outcome` says how they end."""
+
+        def __init__(self) -> None:
+            self.outcome = asyncio.get_running_loop().create_future()
+
+        async def write(self, ops):
+            return await self.outcome
+
+        async def heartbeat(self, dispatcher_id):
+            return []
+
+    async def main():
+        store = DownStore()
+        dispatcher = Dispatcher(store, {"app": backend})
+        submitting = asyncio.create_task(dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}}))
+        await started.wait()
+        submitting.cancel()  # the client's request went away
+        store.outcome.set_exception(RuntimeError("the task store is down"))
+        for _ in range(100):
+            if cancelled:
+                break
+            await asyncio.sleep(0.01)
+        await dispatcher.close()
+        return cancelled
+
+    assert asyncio.run(main()) == [True]
