@@ -36,7 +36,7 @@ from inferencesh_ray import (
     inference,
 )
 from inferencesh_ray.client import Response
-from inferencesh_ray.client._files import uploads_in, with_uris
+from inferencesh_ray.client._files import DiskWriter, uploads_in, with_uris
 from inferencesh_ray.client._stream import HEARTBEAT, StreamOptions, TaskWatch, parse_line
 
 KEY = "test-key"
@@ -737,3 +737,56 @@ def test_session_calls_on_the_wire_sync_and_async():
     assert json.loads(seen[0][2]) == {"app": "a", "input": {}, "session": "new", "session_timeout": 90}
     assert json.loads(seen[5][2]) == {"app": "a", "input": None, "session": "s1"}
     assert seen[3][2] == b"" and seen[4][2] == b""  # keepalive and end carry no body
+
+
+class SlowDisk:
+    """A file whose writes take `delay` each (and fail from the `fail_at`-th on), in a list."""
+
+    def __init__(self, delay=0.0, fail_at=None):
+        self.pieces, self.delay, self.fail_at = [], delay, fail_at
+
+    def write(self, data):
+        if self.fail_at is not None and len(self.pieces) >= self.fail_at:
+            raise OSError(28, "No space left on device")
+        time.sleep(self.delay)
+        self.pieces.append(bytes(data))
+
+
+def test_a_downloads_writes_go_in_order_from_a_thread_and_a_failed_one_is_raised():
+    disk = SlowDisk()
+    writer = DiskWriter(disk, depth=2)
+    for index in range(50):
+        writer.write(b"%d," % index)
+    writer.close()
+    assert b"".join(disk.pieces) == b"".join(b"%d," % index for index in range(50))
+
+    failing = DiskWriter(SlowDisk(fail_at=3), depth=2)
+    with pytest.raises(OSError, match="No space left"):
+        try:
+            for _ in range(100):  # a later write, or close, says so
+                failing.write(b"x")
+        finally:
+            failing.close()
+
+
+def test_an_async_download_never_waits_on_the_disk_on_its_event_loop():
+    async def scenario():
+        disk = SlowDisk(delay=0.02)
+        writer = DiskWriter(disk, depth=2)
+        ticks = 0
+
+        async def ticking():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        ticker = asyncio.create_task(ticking())
+        for _ in range(10):  # ~0.2 s of disk, the queue full most of it
+            await writer.awrite(b"piece")
+        await asyncio.to_thread(writer.close)
+        ticker.cancel()
+        return ticks, len(disk.pieces)
+
+    ticks, written = asyncio.run(scenario())
+    assert written == 10 and ticks >= 10  # the loop kept turning while the disk was busy

@@ -247,7 +247,7 @@ class AsyncFiles:
             else:
                 async with self._sending(), self._connection.open(file_url_request(self._connection.http, "GET", uri)) as response:
                     async for chunk in response.aiter_bytes():
-                        out.write(chunk)
+                        await out.awrite(chunk)
         return target
 
     @asynccontextmanager

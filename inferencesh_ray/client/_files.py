@@ -8,11 +8,14 @@ string is uploaded and replaced by the file's URI; so is a `File` with a local p
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import mimetypes
 import os
+import queue
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,13 +254,64 @@ slower than unbuffered ones.
 """
 
 
+class DiskWriter:
+    """A download's writes, done by a thread: the next bytes come in while the last go to disk.
+
+    Receiving (httpx parses each 64 KiB in Python) and writing new pages to the page cache
+    each take most of a core on a fast link: one after the other, a 200 MB download ran at
+    0.67-0.70x of a local copy on a 2-core VM, overlapped at 0.94-1.00x. An async client's
+    event loop never waits on the disk either. At most `depth` pieces wait to be written;
+    past that, `write` waits (`awrite`, in a thread).
+    """
+
+    def __init__(self, handle: IO[bytes], depth: int = 32) -> None:
+        self._handle = handle
+        self._pieces: queue.Queue[Optional[bytes]] = queue.Queue(depth)
+        self._failed: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="infsh-download-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> None:
+        self._raise_failure()
+        self._pieces.put(data)
+
+    async def awrite(self, data: bytes) -> None:
+        self._raise_failure()
+        try:
+            self._pieces.put_nowait(data)
+        except queue.Full:
+            await asyncio.to_thread(self._pieces.put, data)
+
+    def close(self) -> None:
+        """Wait for the pieces still queued (a few MiB at most); raises the first write that failed."""
+        self._pieces.put(None)
+        self._thread.join()
+        self._raise_failure()
+
+    def _run(self) -> None:
+        while (piece := self._pieces.get()) is not None:
+            if self._failed is None:
+                try:
+                    self._handle.write(piece)
+                except BaseException as exc:  # the disk is full, say: the next write or close raises it
+                    self._failed = exc
+
+    def _raise_failure(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+
 @contextmanager
-def partial_file(target: Path) -> Iterator[IO[bytes]]:
+def partial_file(target: Path) -> Iterator[DiskWriter]:
     """Write to a temporary name beside `target` and move it in place only when complete."""
     part = target.with_name(f".{target.name}.part")
     try:
         with open(part, "wb", buffering=DOWNLOAD_WRITE) as handle:
-            yield handle
+            writer = DiskWriter(handle)
+            try:
+                yield writer
+            finally:
+                writer.close()
         os.replace(part, target)
     finally:
         if part.exists():
