@@ -81,8 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve an app (or a Serve config) on Ray until Ctrl-C")
     serve.add_argument("target", metavar="PATH|CONFIG.yaml", help="an app (as for `app`) or a Serve config file")
     serve.add_argument("--name", help="the app's name for clients (default: its directory's, _ as -)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--host", help="Serve's proxy listens on this address (default: the config's, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="Serve's proxy listens on this port (default: the config's, else 8000)")
     serve.add_argument("--replicas", type=int, help="replicas of the app's deployment (default 1)")
     serve.add_argument("--listen", metavar="HOST:PORT",
                        help="the ingress also serves the API itself here, without Serve's proxy (faster)")

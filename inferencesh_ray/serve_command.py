@@ -18,8 +18,8 @@ def serve_forever(
     target: str,
     *,
     name: Optional[str],
-    host: str,
-    port: int,
+    host: Optional[str],
+    port: Optional[int],
     replicas: Optional[int],
     address: Optional[str],
     data_dir: Optional[str],
@@ -28,7 +28,17 @@ def serve_forever(
     listen: Optional[str] = None,
 ) -> int:
     keys = load_keys(api_keys_file)
-    for bound in [host] + ([parse_address(listen)[0]] if listen else []):
+    is_config = Path(target).suffix in (".yaml", ".yml")
+    config = _read_config(Path(target)) if is_config else None
+    if config is not None:  # its own http_options and `listen` args, unless the command line says otherwise
+        given = config.http_options.model_fields_set
+        host = host or (config.http_options.host if "host" in given else None)
+        port = port or (config.http_options.port if "port" in given else None)
+        listens = [app.args["listen"] for app in config.applications if isinstance(app.args, dict) and app.args.get("listen")]
+    else:
+        listens = [listen] if listen else []
+    host, port = host or "127.0.0.1", port or 8000
+    for bound in [host] + [parse_address(door)[0] for door in listens]:
         if not keys and not is_loopback(bound):
             raise AppError(
                 f"refusing to listen on {bound} with no API keys: set INFERENCESH_RAY_API_KEYS (or --api-keys-file), "
@@ -36,7 +46,6 @@ def serve_forever(
             )
     if not keys:
         _say(f"no API keys configured: answering requests from this machine only ({host} is loopback)")
-    is_config = Path(target).suffix in (".yaml", ".yml")
     if not is_config:
         _check_app(target)
 
@@ -57,7 +66,7 @@ def serve_forever(
             names = [_deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file, listen)]
         if not _wait_running(names, stop):
             return 1
-        where = f"http://{host}:{port}" + (f" and, without Serve's proxy, http://{listen}" if listen else "")
+        where = f"http://{host}:{port}" + "".join(f" and, without Serve's proxy, http://{door}" for door in listens)
         _say(f"serving {', '.join(names)} at {where} (API docs: /docs); Ctrl-C to stop")
         stop.wait()
         _say("shutting down: unloading apps...")
@@ -103,14 +112,19 @@ def _default_name(target: str) -> str:
     return load_app(target).name
 
 
-def _deploy_config(path: Path, host: str, port: int) -> list[str]:
-    """Deploy a Serve config file the way `serve run` does, on our Ray and address."""
+def _read_config(path: Path) -> Any:
     import yaml
-    from ray.serve._private import api as serve_api
-    from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
 
-    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    return ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+
+
+def _deploy_config(path: Path, host: str, port: int) -> list[str]:
+    """Deploy a Serve config file the way `serve run` does, on our Ray and address."""
+    from ray.serve._private import api as serve_api
+    from ray.serve.config import gRPCOptions
+
+    config = _read_config(path)
     http = {**config.http_options.model_dump(), "host": host, "port": port}
     client = serve_api.serve_start(
         http_options=http,

@@ -44,9 +44,10 @@ def client(ray_serve):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert deployed.returncode == 0, deployed.stderr[-3000:]
-    url = f"http://127.0.0.1:{ray_serve.port}"
+    url = "http://127.0.0.1:8000"  # the ingress's own door, as the config says (`listen`)
     try:
         wait_for(lambda: httpx.get(f"{url}/health").status_code == 200, timeout=120)
+        assert httpx.get(f"http://127.0.0.1:{ray_serve.port}/health").status_code == 200  # Serve's proxy too
         yield inference(api_key="k", base_url=url)
     finally:
         serve.delete("showcase")

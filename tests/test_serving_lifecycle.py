@@ -116,6 +116,21 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path):
     assert "refusing to listen on 0.0.0.0 with no API keys" in result.stderr
 
 
+def test_serve_of_a_config_checks_its_listen_doors_for_keys(tmp_path):
+    config = tmp_path / "public.yaml"
+    config.write_text(
+        "http_options: {host: 127.0.0.1, port: 8123}\n"
+        "applications:\n"
+        "  - {name: public, route_prefix: /, import_path: inferencesh_ray:build,\n"
+        f"     args: {{path: {APPS / 'counting.py'}, listen: '0.0.0.0:8124'}}}}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "INFERENCESH_RAY_API_KEYS"}
+    result = subprocess.run([sys.executable, "-m", "inferencesh_ray.cli", "serve", str(config)],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert "refusing to listen on 0.0.0.0 with no API keys" in result.stderr
+
+
 @pytest.mark.slow
 def test_serve_run_on_a_private_loopback_ray_stops_cleanly_on_sigterm(tmp_path):
     """`make serve`'s way: `serve run CONFIG` on a Ray of its own, gone (after unload) on SIGTERM."""
