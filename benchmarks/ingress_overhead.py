@@ -6,6 +6,8 @@ Ours: submit + wait exactly as the official client does it (POST /apps/run, GET
 /tasks/{id}, then GET /tasks/{id}/stream until the terminal line), with a durable task
 record in SQLite. Plain: one POST to a FastAPI ingress deployment that awaits a
 deployment handle and returns the result. Same machine, same Ray, same run.
+CPU per task (Linux): this process's (the clients') and everything else's on the
+machine (the server side: proxy, replicas, task store, Serve, Ray), which share its cores.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -63,6 +67,12 @@ async def ours_call(base: str):
     return call
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy (Linux's /proc/stat), every process included."""
+    ticks = [int(field) for field in open("/proc/stat").readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
+
+
 async def plain_call(base: str):
     async def call(client, index: int) -> None:
         response = await client.post(f"{base}/run", json={"value": index})
@@ -97,20 +107,24 @@ def main() -> None:
     }
     calls = {name: asyncio.run(factory) for name, factory in stacks.items()}
 
-    print("| c | stack | req/s | p50 / p99 ms | vs defaults | vs tuned |")
-    print("|---|---|---|---|---|---|")
+    print("| c | stack | req/s | p50 / p99 ms | vs defaults | vs tuned | CPU ms per task: client / server |")
+    print("|---|---|---|---|---|---|---|")
     for concurrency in args.concurrency:
         print(f"c={concurrency}: {args.requests} requests per stack...", file=sys.stderr, flush=True)
-        results = {}
+        results, cpu = {}, {}
         for name, call in calls.items():
             asyncio.run(load(call, concurrency, 20))  # warm up
+            machine, client = busy_cpu_s(), time.process_time()
             results[name] = asyncio.run(load(call, concurrency, args.requests))
+            client = time.process_time() - client
+            cpu[name] = (client, busy_cpu_s() - machine - client)
         defaults, tuned = results["plain Serve (defaults)"], results["plain Serve (tuned)"]
         for name, result in results.items():
             print(
                 f"| {concurrency} | {name} | {result.rps:.0f} | {result.p50:.1f} / {result.p99:.1f} "
                 f"| {result.rps / defaults.rps:.2f}x, {result.p50 - defaults.p50:+.1f} ms "
-                f"| {result.rps / tuned.rps:.2f}x, {result.p50 - tuned.p50:+.1f} ms |",
+                f"| {result.rps / tuned.rps:.2f}x, {result.p50 - tuned.p50:+.1f} ms "
+                f"| {cpu[name][0] / args.requests * 1000:.1f} / {cpu[name][1] / args.requests * 1000:.1f} |",
                 flush=True,
             )
     serve.shutdown()
