@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import threading
-from contextlib import aclosing, asynccontextmanager, suppress
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -440,8 +440,16 @@ async def _hold(queue: asyncio.Queue, group: list, seconds: float) -> list:
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
             break
-        with suppress(asyncio.TimeoutError):
-            group = _drain(queue, [*group, await asyncio.wait_for(queue.get(), left)])
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancel that comes
+        # as the event does, and the call would run on for a consumer that is gone.
+        getter = asyncio.ensure_future(queue.get())
+        try:
+            done, _ = await asyncio.wait({getter}, timeout=left)
+        finally:
+            getter.cancel()
+        if not done:
+            break
+        group = _drain(queue, [*group, getter.result()])
     return group
 
 

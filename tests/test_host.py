@@ -370,3 +370,24 @@ def test_grouped_events_carry_a_quick_tasks_running_with_its_end(counting):
     assert slow == [[Running()], [Completed({"text": "c", "mode": "a"})]]  # 0.2 s: Running is not held that long
     assert first == [Running()]
     assert "slow:cancelled:d" in lifecycle
+
+
+def test_a_consumer_cancelled_while_running_is_held_cancels_the_call(counting):
+    app_cls, lifecycle = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+
+        async def consume():
+            async for _ in host.run_grouped(Call("slow", {"text": "h"}), hold_running_s=5):
+                pass
+
+        consumer = asyncio.create_task(consume())
+        while "slow:start:h" not in lifecycle:
+            await asyncio.sleep(0.01)
+        consumer.cancel()  # the ingress went away while Running waits for company
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+
+    asyncio.run(scenario())
+    assert "slow:cancelled:h" in lifecycle
