@@ -87,11 +87,11 @@ def main() -> None:
     from inferencesh_ray.local_ray import start_ray
 
     start_ray(num_cpus=8)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8126})
+    serve.start(http_options={"host": "127.0.0.1", "port": 8131})
     serve.run(build({"path": str(ROOT / "tests" / "apps" / "counting.py"), "num_replicas": args.replicas,
                      "data_dir": tempfile.mkdtemp(prefix="infsh-load-")}), name="load", route_prefix="/")
     print(f"{args.tasks} tasks from {args.clients} clients...", file=sys.stderr, flush=True)
-    report = asyncio.run(run_load("http://127.0.0.1:8126", args.tasks, args.clients))
+    report = asyncio.run(run_load("http://127.0.0.1:8131", args.tasks, args.clients))
     print(report.summary())
     serve.shutdown()
     sys.exit(1 if report.wrong else 0)

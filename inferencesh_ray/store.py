@@ -179,7 +179,8 @@ class TaskStore:
         return True
 
     async def cancel(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
-        """Ask to cancel: a queued task ends CANCELLED at once, a running one goes CANCELLING."""
+        """Ask to cancel: an open task goes CANCELLING, then CANCELLED once its dispatcher has stopped
+        the call (still queued in Serve's router, or running); a finished one stays as it is."""
         live = self._live.get(task_id)
         if live is None or live.owner != owner:
             return await self.get(task_id, owner)
