@@ -28,8 +28,7 @@ def serve_forever(
     listen: Optional[str] = None,
 ) -> int:
     keys = load_keys(api_keys_file)
-    is_config = Path(target).suffix in (".yaml", ".yml")
-    config = _read_config(Path(target)) if is_config else None
+    config = _read_config(Path(target)) if Path(target).suffix in (".yaml", ".yml") else None
     if config is not None:  # its own http_options and `listen` args, unless the command line says otherwise
         given = config.http_options.model_fields_set
         host = host or (config.http_options.host if "host" in given else None)
@@ -46,7 +45,7 @@ def serve_forever(
             )
     if not keys:
         _say(f"no API keys configured: answering requests from this machine only ({host} is loopback)")
-    if not is_config:
+    if config is None:
         _check_app(target)
 
     from ray import serve
@@ -60,8 +59,8 @@ def serve_forever(
         signal.signal(sig, lambda *_: stop.set())
     names: list[str] = []
     try:
-        if is_config:
-            names = _deploy_config(Path(target), host, port)
+        if config is not None:
+            names = _deploy_config(config, host, port)
         else:
             names = [_deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file, listen)]
         if not _wait_running(names, stop):
@@ -113,18 +112,18 @@ def _default_name(target: str) -> str:
 
 
 def _read_config(path: Path) -> Any:
+    """A Serve config file, validated (a ServeDeploySchema)."""
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
     return ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
 
 
-def _deploy_config(path: Path, host: str, port: int) -> list[str]:
-    """Deploy a Serve config file the way `serve run` does, on our Ray and address."""
+def _deploy_config(config: Any, host: str, port: int) -> list[str]:
+    """Deploy a Serve config (from `_read_config`) the way `serve run` does, on our Ray and address."""
     from ray.serve._private import api as serve_api
     from ray.serve.config import gRPCOptions
 
-    config = _read_config(path)
     http = {**config.http_options.model_dump(), "host": host, "port": port}
     client = serve_api.serve_start(
         http_options=http,

@@ -23,7 +23,7 @@ from conftest import APPS, ROOT
 from inferencesh import inference
 from ray import serve
 
-from inferencesh_ray.serve_command import _deploy_config, _wait_running
+from inferencesh_ray.serve_command import _deploy_config, _read_config, _wait_running
 from inferencesh_ray.status import TaskStatus
 
 pytestmark = pytest.mark.ray
@@ -49,7 +49,7 @@ def deploy_config(ray_serve, tmp_path, name, deployment_options, **args):
     }]}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    _deploy_config(path, "127.0.0.1", ray_serve.port)
+    _deploy_config(_read_config(path), "127.0.0.1", ray_serve.port)
     assert _wait_running([name], threading.Event(), timeout_s=120)
     return f"http://127.0.0.1:{ray_serve.port}/{name}"
 

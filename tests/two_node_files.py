@@ -25,7 +25,7 @@ import yaml  # noqa: E402
 from inferencesh import UploadFileOptions, inference  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from inferencesh_ray.serve_command import _deploy_config, _wait_running  # noqa: E402
+from inferencesh_ray.serve_command import _deploy_config, _read_config, _wait_running  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
 
@@ -52,7 +52,7 @@ def main(endpoint: str, bucket: str, port: int) -> None:
     }
     path = Path(data) / "two-node.yaml"
     path.write_text(yaml.safe_dump(config))
-    names = _deploy_config(path, "127.0.0.1", port)
+    names = _deploy_config(_read_config(path), "127.0.0.1", port)
     assert _wait_running(names, threading.Event(), timeout_s=180), "not running"
     blob = bytes(range(256)) * 16
     sdk = inference(api_key="k", base_url=f"http://127.0.0.1:{port}")
