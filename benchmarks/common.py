@@ -1,14 +1,23 @@
-"""Shared pieces of the benchmarks: a loopback Ray, load generation and statistics."""
+"""Shared pieces of the benchmarks: load generation, the official client's way to run a task, statistics.
+
+The load generator is aiohttp, the HTTP library of the official SDK's async client, with
+one connection pool for all workers. Its C parser costs the client ~0.2 ms of CPU per
+request here; httpx, which these benchmarks used before, costs ~2 ms, and on a 2-core
+machine that CPU is taken from the servers being measured (benchmarks/README.md).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
-import httpx
+import aiohttp
+
+COMPLETED = 10
 
 
 @dataclass
@@ -35,12 +44,12 @@ class Result:
         return self.percentile(0.99)
 
 
-async def load(call: Callable[[httpx.AsyncClient, int], Awaitable[None]], concurrency: int, total: int) -> Result:
+async def load(call: Callable[[aiohttp.ClientSession, int], Awaitable[None]], concurrency: int, total: int) -> Result:
     """Run `total` calls from `concurrency` workers sharing one HTTP connection pool."""
     latencies: list[float] = []
     counter = iter(range(total))
-    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency * 2)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as client:
 
         async def worker() -> None:
             for index in counter:
@@ -52,3 +61,21 @@ async def load(call: Callable[[httpx.AsyncClient, int], Awaitable[None]], concur
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
     return Result(concurrency, total, elapsed, latencies)
+
+
+async def run_and_wait(client: aiohttp.ClientSession, base: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Run a task as the official sync client's `run(wait=True)` does; returns the stream's terminal line.
+
+    `POST /apps/run`, `GET /tasks/{id}`, then `GET /tasks/{id}/stream`, left once the
+    terminal line has come (the official client leaves it then too).
+    """
+    async with client.post(f"{base}/apps/run", json=body) as response:
+        task_id = (await response.json())["data"]["id"]
+    async with client.get(f"{base}/tasks/{task_id}") as response:
+        await response.read()
+    async with client.get(f"{base}/tasks/{task_id}/stream") as response:
+        async for line in response.content:
+            update = json.loads(line) if line.strip() else {}
+            if update.get("status", 0) >= COMPLETED:
+                return update
+    raise AssertionError(f"task {task_id}: its stream ended before the task did")

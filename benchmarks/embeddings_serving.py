@@ -5,8 +5,8 @@
 
 Starts a loopback Ray (it detects the machine's GPUs), deploys the config with Serve's own
 `serve run`, with `listen` added to its args so the ingress serves the API itself, and sends
-tasks to that door the way the official client runs them: `POST /apps/run`, `GET
-/tasks/{id}`, then `GET /tasks/{id}/stream` until the terminal line. Each concurrency runs
+tasks to that door the way the official client runs them (benchmarks/common.py): `POST /apps/run`,
+`GET /tasks/{id}`, then `GET /tasks/{id}/stream` until the terminal line. Each concurrency runs
 `embed` (each task encoded on its own) and `embed_batched` (the tasks that arrive together
 encoded in one call), with one text per task and with `--texts` per task. The texts are
 seeded sentences of 8 to 24 words. The tasks ask for forward passes of `--texts` texts
@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import load  # noqa: E402
+from common import load, run_and_wait  # noqa: E402
 
 WORDS = ("model replica request batch vector sentence cluster serve task file session query document "
          "the a of to and in is for on with fast small warm cold text image table").split()
@@ -52,15 +52,8 @@ def embed_call(base: str, function: str, texts: int, setup: dict):
     async def call(client, index: int) -> None:
         body = {"app": "text-embeddings", "function": function, "input": {"texts": sentences(texts, index)},
                 "setup": setup}
-        created = await client.post(f"{base}/apps/run", json=body)
-        task_id = created.json()["data"]["id"]
-        await client.get(f"{base}/tasks/{task_id}")
-        async with client.stream("GET", f"{base}/tasks/{task_id}/stream") as response:
-            async for line in response.aiter_lines():
-                update = json.loads(line) if line else {}
-                if update.get("status", 0) >= 10:
-                    assert update["status"] == 10 and len(update["output"]["embeddings"]) == texts, line[:500]
-                    break
+        done = await run_and_wait(client, base, body)
+        assert done["status"] == 10 and len(done["output"]["embeddings"]) == texts, str(done)[:500]
 
     return call
 

@@ -5,16 +5,17 @@
 Ours: submit + wait exactly as the official client does it (POST /apps/run, GET
 /tasks/{id}, then GET /tasks/{id}/stream until the terminal line), with a durable task
 record in SQLite. Plain: one POST to a FastAPI ingress deployment that awaits a
-deployment handle and returns the result. Same machine, same Ray, same run.
-CPU per task (Linux): this process's (the clients') and everything else's on the
-machine (the server side: proxy, replicas, task store, Serve, Ray), which share its cores.
+deployment handle and returns the result. Same machine, same Ray, same run, the same
+aiohttp clients (benchmarks/common.py). CPU per task (Linux), by process: the clients
+(this process), the HTTP front (Serve's proxy and the ingress replica), the app's
+replica, our task store, and the rest of the machine (Serve's controller, Ray's own
+processes, anything else running), which all share its cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from fastapi import FastAPI
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import load  # noqa: E402
+from common import load, run_and_wait  # noqa: E402
 
 plain_api = FastAPI()
 
@@ -57,13 +58,8 @@ def plain_application(max_ongoing_requests: int | None = None):
 
 async def ours_call(base: str):
     async def call(client, index: int) -> None:
-        created = await client.post(f"{base}/apps/run", json={"app": "noop", "input": {"value": index}})
-        task_id = created.json()["data"]["id"]
-        await client.get(f"{base}/tasks/{task_id}")
-        async with client.stream("GET", f"{base}/tasks/{task_id}/stream") as response:
-            async for line in response.aiter_lines():
-                if line and json.loads(line).get("status", 0) >= 10:
-                    break
+        done = await run_and_wait(client, base, {"app": "noop", "input": {"value": index}})
+        assert done["output"] == {"value": index}, done
     return call
 
 
@@ -75,9 +71,41 @@ def busy_cpu_s() -> float:
 
 async def plain_call(base: str):
     async def call(client, index: int) -> None:
-        response = await client.post(f"{base}/run", json={"value": index})
-        assert response.json()["value"] == index
+        async with client.post(f"{base}/run", json={"value": index}) as response:
+            assert (await response.json())["value"] == index
     return call
+
+
+def process_cpu_s() -> dict[int, tuple[str, float]]:
+    """pid -> (title, CPU seconds used so far) of each process of the machine (Ray titles its actors' processes)."""
+    processes = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat, open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                fields, title = stat.read().rsplit(")", 1)[1].split(), cmdline.read().split(b"\0")[0].decode()
+        except OSError:  # gone meanwhile
+            continue
+        processes[int(pid)] = (title, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))  # utime + stime
+    return processes
+
+
+# Which processes are which part of the server, by the titles Ray gives them; the rest is "rest".
+ROLES = {
+    "front": ("ray::ProxyActor", "ray::ServeReplica:ours:ingress", "ray::ServeReplica:plain:PlainIngress",
+              "ray::ServeReplica:tuned:PlainIngress"),
+    "replica": ("ray::ServeReplica:ours:noop", "ray::ServeReplica:plain:Noop", "ray::ServeReplica:tuned:Noop"),
+    "store": ("ray::TaskStore",),
+}
+
+
+def server_cpu_s(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds used between two `process_cpu_s` readings by each role of the server."""
+    used = dict.fromkeys(ROLES, 0.0)
+    for pid, (title, seconds) in after.items():
+        role = next((role for role, prefixes in ROLES.items() if title.startswith(prefixes)), None)
+        if role is not None:
+            used[role] += seconds - before.get(pid, (title, 0.0))[1]
+    return used
 
 
 def main() -> None:
@@ -107,24 +135,27 @@ def main() -> None:
     }
     calls = {name: asyncio.run(factory) for name, factory in stacks.items()}
 
-    print("| c | stack | req/s | p50 / p99 ms | vs defaults | vs tuned | CPU ms per task: client / server |")
+    print("| c | stack | req/s | p50 / p99 ms | vs defaults | vs tuned "
+          "| CPU ms per task: client / front / replica / store / rest |")
     print("|---|---|---|---|---|---|---|")
     for concurrency in args.concurrency:
         print(f"c={concurrency}: {args.requests} requests per stack...", file=sys.stderr, flush=True)
         results, cpu = {}, {}
         for name, call in calls.items():
             asyncio.run(load(call, concurrency, 20))  # warm up
-            machine, client = busy_cpu_s(), time.process_time()
+            machine, client, processes = busy_cpu_s(), time.process_time(), process_cpu_s()
             results[name] = asyncio.run(load(call, concurrency, args.requests))
             client = time.process_time() - client
-            cpu[name] = (client, busy_cpu_s() - machine - client)
+            server = server_cpu_s(processes, process_cpu_s())
+            rest = busy_cpu_s() - machine - client - sum(server.values())
+            cpu[name] = [client, *server.values(), rest]
         defaults, tuned = results["plain Serve (defaults)"], results["plain Serve (tuned)"]
         for name, result in results.items():
             print(
                 f"| {concurrency} | {name} | {result.rps:.0f} | {result.p50:.1f} / {result.p99:.1f} "
                 f"| {result.rps / defaults.rps:.2f}x, {result.p50 - defaults.p50:+.1f} ms "
                 f"| {result.rps / tuned.rps:.2f}x, {result.p50 - tuned.p50:+.1f} ms "
-                f"| {cpu[name][0] / args.requests * 1000:.1f} / {cpu[name][1] / args.requests * 1000:.1f} |",
+                f"| {' / '.join(f'{seconds / args.requests * 1000:.1f}' for seconds in cpu[name])} |",
                 flush=True,
             )
     serve.shutdown()
