@@ -2,31 +2,40 @@
 
 The host emits these while it serves one call; the task store is the one place that
 applies them to a task. Each is a small frozen record so both sides can be read and
-tested alone, and so they pickle cheaply across Ray.
+tested alone, and so they pickle cheaply across Ray. Each carries the moment it
+happened: a replica sends a quick task's events together, after the fact, and the task
+must still show when it started running and when it ended.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .status import TaskStatus
 
 
 @dataclass(frozen=True)
-class SettingUp:
+class _Event:
+    at: float = field(default_factory=time.time, kw_only=True, compare=False)
+    """When it happened: seconds since the epoch, on the clock of the machine that emitted it."""
+
+
+@dataclass(frozen=True)
+class SettingUp(_Event):
     """The instance is running `setup` for this call's config."""
 
     status = TaskStatus.SETTING_UP
 
 
 @dataclass(frozen=True)
-class Running:
+class Running(_Event):
     status = TaskStatus.RUNNING
 
 
 @dataclass(frozen=True)
-class Log:
+class Log(_Event):
     """One line the app wrote: `metadata.log`, `print` or `logging`."""
 
     text: str
@@ -34,7 +43,7 @@ class Log:
 
 
 @dataclass(frozen=True)
-class Output:
+class Output(_Event):
     """A progress snapshot from an async-generator function; replaces the task's output."""
 
     output: Any
@@ -42,18 +51,18 @@ class Output:
 
 
 @dataclass(frozen=True)
-class Uploading:
+class Uploading(_Event):
     status = TaskStatus.UPLOADING
 
 
 @dataclass(frozen=True)
-class Completed:
+class Completed(_Event):
     output: Any
     status = TaskStatus.COMPLETED
 
 
 @dataclass(frozen=True)
-class Failed:
+class Failed(_Event):
     """The call failed. `error` is for clients; `traceback` holds the app's own frames."""
 
     error: str
@@ -62,7 +71,7 @@ class Failed:
 
 
 @dataclass(frozen=True)
-class Cancelled:
+class Cancelled(_Event):
     reason: str = "cancelled"
     status = TaskStatus.CANCELLED
 

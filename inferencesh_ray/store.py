@@ -159,13 +159,13 @@ class TaskStore:
         if current.is_terminal:
             return False
         if isinstance(event, Log):
-            task["logs"].append(_log_entry(task["id"], len(task["logs"]), event.text))
+            task["logs"].append(_log_entry(task["id"], len(task["logs"]), event.text, event.at))
             return True
         if isinstance(event, Output):
             task["output"] = event.output
             return True
         if current == TaskStatus.CANCELLING and isinstance(event, (Completed, Failed)):
-            event = Cancelled()  # a cancel asked for wins over a result that raced it
+            event = Cancelled(at=event.at)  # a cancel asked for wins over a result that raced it
         if isinstance(event, Completed):
             task["output"] = event.output
         elif isinstance(event, Failed):
@@ -175,7 +175,7 @@ class TaskStore:
         if event.status is None or event.status <= current:
             return False
         task["status"] = int(event.status)
-        task["events"].append(_status_event(event.status))
+        task["events"].append(_status_event(event.status, event.at))
         return True
 
     async def cancel(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
@@ -249,9 +249,8 @@ def _status_event(status: TaskStatus, stamp: Optional[float] = None) -> dict[str
     return {"status": int(status), "event_time": now_iso(stamp)}
 
 
-def _log_entry(task_id: str, index: int, text: str) -> dict[str, Any]:
-    stamp = now_iso()
-    return {"id": f"{task_id}-{index}", "task_id": task_id, "created_at": stamp, "log_type": 4, "content": text}
+def _log_entry(task_id: str, index: int, text: str, stamp: float) -> dict[str, Any]:
+    return {"id": f"{task_id}-{index}", "task_id": task_id, "created_at": now_iso(stamp), "log_type": 4, "content": text}
 
 
 def stream_view(task: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from helpers import events_of
 from inferencesh_ray.events import Completed, Failed, Log, Output, Running, SettingUp, Uploading
 from inferencesh_ray.host import AppHost, Call
 from inferencesh_ray.loader import load_app
+from inferencesh_ray.status import TaskStatus
+from inferencesh_ray.store import TaskStore
 
 
 @pytest.fixture
@@ -370,6 +373,26 @@ def test_grouped_events_carry_a_quick_tasks_running_with_its_end(counting):
     assert slow == [[Running()], [Completed({"text": "c", "mode": "a"})]]  # 0.2 s: Running is not held that long
     assert first == [Running()]
     assert "slow:cancelled:d" in lifecycle
+
+
+def test_events_sent_together_keep_the_times_they_happened_at(counting, tmp_path):
+    app_cls, _ = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        groups = [group async for group in host.run_grouped(Call("blocking", {"text": "t"}), hold_running_s=5)]
+        store = TaskStore(str(tmp_path / "tasks.db"))
+        task = await store.create("me", {}, "d1")
+        for group in groups:
+            await store.apply(task["id"], group)
+        return groups[-1], await store.get(task["id"], "me")
+
+    last, task = asyncio.run(scenario())
+    running, completed = last[-2:]  # held together: one message, sent once the call ended
+    assert isinstance(running, Running) and isinstance(completed, Completed)
+    assert completed.at - running.at >= 0.2  # `blocking` takes 0.2 s
+    times = {event["status"]: datetime.fromisoformat(event["event_time"].replace("Z", "+00:00")) for event in task["events"]}
+    assert (times[TaskStatus.COMPLETED] - times[TaskStatus.RUNNING]).total_seconds() >= 0.2
 
 
 def test_a_consumer_cancelled_while_running_is_held_cancels_the_call(counting):
