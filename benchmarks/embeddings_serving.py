@@ -12,7 +12,10 @@ encoded in one call), with one text per task and with `--texts` per task. The te
 seeded sentences of 8 to 24 words. The tasks ask for forward passes of `--texts` texts
 (setup `batch_size`, unless `--setup` names one), the size the model alone is timed at, in
 this process on the same device (`SentenceTransformer.encode` of `--texts` texts, median of
-30): that throughput is the limit the served texts/s are compared with.
+30): that throughput is the limit the served texts/s are compared with. With `--stand-in
+MS`, the config serves benchmarks/apps/embed_standin.py instead, whose forward pass of
+`--texts` texts waits MS without using the CPU: the limit is then `--texts` per MS, and
+what falls short of it is the serving stack's own cost.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from common import load, run_and_wait  # noqa: E402
 WORDS = ("model replica request batch vector sentence cluster serve task file session query document "
          "the a of to and in is for on with fast small warm cold text image table").split()
 SERVE_PORT = 8126
+STAND_IN = HERE / "apps" / "embed_standin.py"
 LISTEN_PORT = 8127
 
 
@@ -58,10 +62,16 @@ def embed_call(base: str, function: str, texts: int, setup: dict):
     return call
 
 
-def deploy(config: str, env: dict) -> None:
-    """`serve run` the config, with `listen` added to its (first) application's args."""
+def deploy(config: str, env: dict, stand_in: bool) -> None:
+    """`serve run` the config, with `listen` added to its (first) application's args, and the
+    stand-in app in place of the example's if asked."""
     settings = yaml.safe_load((ROOT / config).read_text())
-    settings["applications"][0]["args"]["listen"] = f"127.0.0.1:{LISTEN_PORT}"
+    args = settings["applications"][0]["args"]
+    args["listen"] = f"127.0.0.1:{LISTEN_PORT}"
+    if stand_in:  # it needs no GPU, whatever the config gives the example
+        args["apps"][0]["path"] = str(STAND_IN)
+        for deployment in settings.get("deployments", []) + settings["applications"][0].get("deployments", []):
+            deployment.get("ray_actor_options", {}).pop("num_gpus", None)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as listening:
         yaml.safe_dump(settings, listening)
         listening.flush()
@@ -113,8 +123,12 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--texts", type=int, default=32, help="texts per task in the many-text cells")
     parser.add_argument("--setup", type=json.loads, default={}, help="the tasks' setup config, JSON")
+    parser.add_argument("--stand-in", type=float, metavar="MS",
+                        help="serve benchmarks/apps/embed_standin.py instead: a model whose forward pass waits MS")
     args = parser.parse_args()
     setup = {"batch_size": args.texts, **args.setup}
+    if args.stand_in is not None:
+        setup["forward_ms"] = args.stand_in
 
     from ray import serve
 
@@ -125,7 +139,7 @@ def main() -> None:
     import ray
 
     serve.start(http_options={"host": "127.0.0.1", "port": SERVE_PORT})
-    deploy(args.config, {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address})
+    deploy(args.config, {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}, args.stand_in is not None)
     base = f"http://127.0.0.1:{LISTEN_PORT}"
     wait_healthy(base)
     print(f"deployed {args.config}, listening on {base}; warming up...", file=sys.stderr, flush=True)
@@ -144,7 +158,10 @@ def main() -> None:
                 rows.append((concurrency, function, texts, asyncio.run(load(call, concurrency, requests))))
     serve.shutdown()
     ray.shutdown()
-    device, limit_ms = model_alone(args.texts, setup)
+    if args.stand_in is None:
+        device, limit_ms = model_alone(args.texts, setup)
+    else:
+        device, limit_ms = "nothing (the stand-in's wait)", args.stand_in
     limit = args.texts / limit_ms * 1000
 
     print(f"model alone on {device}, {args.texts} texts per call: {limit_ms:.1f} ms, {limit:,.0f} texts/s (the limit)")
