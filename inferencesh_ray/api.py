@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .auth import Auth
 from .catalog import AppCatalog
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, Saturated
 from .file_access import FileScope
 from .files_api import files_router
 from .host import Call
@@ -192,6 +192,10 @@ def _install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ApiProblem)
     async def problem(request: Request, exc: ApiProblem) -> Response:
         return exc.response()
+
+    @api.exception_handler(Saturated)
+    async def saturated(request: Request, exc: Saturated) -> Response:
+        return ApiProblem(429, "rate_limited", str(exc), headers={"retry-after": "1"}).response()
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -19,6 +19,7 @@ from ray.serve.config import RequestRouterConfig
 
 from .catalog import LATEST
 from .discovery import discover
+from .dispatch import MAX_OPEN_TASKS
 from .errors import AppError
 from .ingress import Ingress
 from .listener import parse_address
@@ -85,6 +86,10 @@ class ServeArgs(BaseModel):
         None, description="This server's URL as clients reach it, for file URLs (default: the URL each request came to)"
     )
     max_sessions: int = Field(32, ge=1, description="Live sessions at most (each holds a worker); more get 429")
+    max_queued_tasks: int = Field(
+        MAX_OPEN_TASKS, ge=1,
+        description="Unfinished tasks (queued or running) of one app that one ingress replica holds at most; more get 429",
+    )
     num_replicas: Optional[int] = Field(
         None, ge=1, description="Replicas of each app's deployment; a config's `deployments:` entry overrides it"
     )
@@ -157,7 +162,7 @@ def build(args: ServeArgs) -> Application:
         ).bind(path, name, files, spec.batching)
     ingress = serve.deployment(Ingress, name=INGRESS_NAME, max_ongoing_requests=1000)
     state = {"database": args.database_path(), "retention_s": args.task_retention_s, "lease_s": args.task_lease_s,
-             "max_sessions": args.max_sessions, "listen": args.listen}
+             "max_sessions": args.max_sessions, "max_queued_tasks": args.max_queued_tasks, "listen": args.listen}
     return ingress.bind(infos, handles, state, files, args.api_keys_file, args.max_request_bytes)
 
 

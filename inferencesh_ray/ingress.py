@@ -68,7 +68,8 @@ class Ingress:
             _log.warning("no API keys configured: answering requests from this machine (loopback) only")
         database = state["database"]
         store = named_actor(TaskStore, "tasks", database, retention_s=state["retention_s"], lease_s=state["lease_s"])
-        self.dispatcher = Dispatcher(store, {name: serve_backend(handle) for name, handle in handles.items()})
+        backends = {name: serve_backend(handle) for name, handle in handles.items()}
+        self.dispatcher = Dispatcher(store, backends, max_open_tasks=state["max_queued_tasks"])
         self.files = ServerFiles(files)
         registry = named_actor(SessionRegistry, "sessions", database, RayWorkers(), limit=state["max_sessions"])
         self.sessions = Sessions(registry, call_worker, self._worker_spec)

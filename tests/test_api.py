@@ -145,6 +145,27 @@ def test_cancel_running_and_finished(apps, tmp_path):
     scenario(apps, tmp_path, body)
 
 
+def test_an_app_holding_its_limit_of_unfinished_tasks_refuses_more_with_429(apps, tmp_path):
+    async def body(client):
+        slow = [(await client.post("/apps/run", json={"app": "counting:slow", "input": {"text": str(i)}})).json()["data"]
+                for i in range(2)]
+        refused = await client.post("/apps/run", json={"app": "counting:shout", "input": {"text": "x"}})
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        problem = refused.json()
+        assert problem["type"].endswith("/rate_limited") and "max_queued_tasks" in problem["detail"]
+        in_session = (await client.post("/apps/run", json={"app": "counting:shout", "input": {"text": "s"},
+                                                          "session": "new"})).json()["data"]
+        assert (await wait_terminal(client, in_session["id"]))["status"] == TaskStatus.COMPLETED  # sessions aside
+        await client.post(f"/tasks/{slow[0]['id']}/cancel")
+        await wait_terminal(client, slow[0]["id"])
+        taken = await client.post("/apps/run", json={"app": "counting:shout", "input": {"text": "y"}})
+        assert taken.status_code == 200
+        assert (await wait_terminal(client, taken.json()["data"]["id"]))["output"]["text"] == "Y"
+        await client.post(f"/tasks/{slow[1]['id']}/cancel")
+
+    run_api(apps / "counting.py", tmp_path, body, max_open_tasks=2)
+
+
 def test_failures_carry_the_apps_message(apps, tmp_path):
     async def body(client):
         boom = (await client.post("/apps/run", json={"app": "counting:boom", "input": {"text": "b"}})).json()["data"]

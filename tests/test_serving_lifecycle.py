@@ -70,6 +70,21 @@ def test_one_ingress_serves_several_apps_with_keys(ray_serve, tmp_path):
     serve.delete("multi")
 
 
+def test_the_configs_queue_limit_reaches_the_ingress_and_the_official_client_gets_429(ray_serve, tmp_path):
+    url = ray_serve.deploy("bounded", path=str(APPS / "counting.py"), data_dir=str(tmp_path), max_queued_tasks=1)
+    sdk = inference(api_key="k", base_url=url)
+    held = sdk.run({"app": "counting:slow", "input": {"text": "holds-the-queue"}}, wait=False)
+    from inferencesh.models.errors import APIError
+
+    with pytest.raises(APIError) as info:
+        sdk.run({"app": "counting", "input": {"text": "one-too-many"}}, wait=False)
+    assert info.value.status_code == 429 and "max_queued_tasks" in str(info.value)
+    sdk.cancel(held["id"])
+    wait_for(lambda: httpx.get(f"{url}/tasks/{held['id']}").json()["data"]["status"] == TaskStatus.CANCELLED)
+    assert sdk.run({"app": "counting", "input": {"text": "room-again"}})["output"]["text"] == "room-again"
+    serve.delete("bounded")
+
+
 def test_serve_run_of_the_example_config(ray_serve):
     env = {**os.environ, "RAY_ADDRESS": ray_serve.address}
     deployed = subprocess.run(
