@@ -19,7 +19,7 @@ from ray.serve.config import RequestRouterConfig
 
 from .catalog import LATEST
 from .discovery import discover
-from .dispatch import MAX_OPEN_TASKS
+from .dispatch import MAX_QUEUED_TASKS
 from .errors import AppError
 from .ingress import Ingress
 from .listener import parse_address
@@ -87,7 +87,7 @@ class ServeArgs(BaseModel):
     )
     max_sessions: int = Field(32, ge=1, description="Live sessions at most (each holds a worker); more get 429")
     max_queued_tasks: int = Field(
-        MAX_OPEN_TASKS, ge=1,
+        MAX_QUEUED_TASKS, ge=1,
         description="Unfinished tasks (queued or running) of one app that one ingress replica holds at most; more get 429",
     )
     num_replicas: Optional[int] = Field(

@@ -32,7 +32,7 @@ _log = logging.getLogger(__name__)
 Backend = Callable[[Call, str], AsyncIterator[TaskEvent]]
 # Unfinished tasks one dispatcher holds per backend at most: each waits in memory here and
 # in Serve's router until a replica takes it, so a flood is refused rather than held.
-MAX_OPEN_TASKS = 10_000
+MAX_QUEUED_TASKS = 10_000
 
 
 class Saturated(Exception):
@@ -56,7 +56,8 @@ def serve_backend(handle: Any) -> Backend:
 
 class Dispatcher:
     def __init__(
-        self, store: Any, backends: dict[str, Backend], heartbeat_s: float = 1.0, max_open_tasks: int = MAX_OPEN_TASKS
+        self, store: Any, backends: dict[str, Backend], heartbeat_s: float = 1.0,
+        max_queued_tasks: int = MAX_QUEUED_TASKS,
     ) -> None:
         self.id = f"dispatcher-{uuid.uuid4().hex[:12]}"
         self.store = store
@@ -64,8 +65,8 @@ class Dispatcher:
         self._writes = StoreWrites(store)
         self._backends = backends
         self._running: dict[str, asyncio.Task] = {}
-        self._open: Counter[Backend] = Counter()
-        self._max_open = max_open_tasks
+        self._unfinished: Counter[Backend] = Counter()
+        self._max_unfinished = max_queued_tasks
         self._heartbeat_s = heartbeat_s
         self._heartbeat: Optional[asyncio.Task] = None
         self._closing = False
@@ -85,17 +86,19 @@ class Dispatcher:
         Either way the backend is entered (the loop runs its tasks in the order they were
         made: the call's before the one that would see the record fail), so a backend's
         own cleanup, such as ending a session's call, always runs and callers do none.
-        Raises Saturated, creating nothing, when `backend` holds `max_open_tasks` unfinished.
+        Raises Saturated, creating nothing, when `backend` holds `max_queued_tasks` unfinished.
         """
-        if self._open[backend] >= self._max_open:
-            raise Saturated(f"this server holds {self._max_open} unfinished tasks of this app, its limit "
+        if self._unfinished[backend] >= self._max_unfinished:
+            raise Saturated(f"this server holds {self._max_unfinished} unfinished tasks of this app, its limit "
                             "(max_queued_tasks); retry in a moment")
         self._ensure_heartbeat()
         task_id = task_id or uuid.uuid4().hex
         call = replace(call, metadata={**call.metadata, "task_id": task_id, "session_id": fields.get("session_id")})
         created = asyncio.ensure_future(self._create(owner, fields, task_id))
-        self._open[backend] += 1
-        self._running[task_id] = asyncio.create_task(self._drive(owner, task_id, backend, call, setup_key, created))
+        drive = self._running[task_id] = asyncio.create_task(self._drive(owner, task_id, backend, call, setup_key, created))
+        self._unfinished[backend] += 1
+        # A callback, not the drive's `finally`: it runs also for a drive cancelled before it started.
+        drive.add_done_callback(lambda _: self._ended(task_id, backend))
 
         def cancel_unless_recorded(done: asyncio.Future) -> None:  # also when nobody awaits `submit` any more
             if done.cancelled() or done.exception() is not None:
@@ -133,11 +136,13 @@ class Dispatcher:
             events.put_nowait(Failed(f"the replica running this task failed ({type(exc).__name__}); submit it again"))
         finally:
             events.put_nowait(None)
-            await writer
-            self._running.pop(task_id, None)
-            self._open[backend] -= 1
-            if not self._open[backend]:
-                del self._open[backend]  # a session's backend is made per call
+            await asyncio.shield(writer)  # a cancel repeated meanwhile (the heartbeat's) must not stop the record
+
+    def _ended(self, task_id: str, backend: Backend) -> None:
+        self._running.pop(task_id, None)
+        self._unfinished[backend] -= 1
+        if not self._unfinished[backend]:
+            del self._unfinished[backend]  # a session's backend is made per call
 
     async def _write(
         self, owner: str, task_id: str, events: asyncio.Queue[Optional[TaskEvent]], created: asyncio.Future

@@ -88,7 +88,7 @@ class Server:
     workers: LocalWorkers
 
 
-def make_server(app_path, tmp_path, keys=(), files=None, session_limit=4, max_open_tasks=10_000, **api_options) -> Server:
+def make_server(app_path, tmp_path, keys=(), files=None, session_limit=4, max_queued_tasks=10_000, **api_options) -> Server:
     from inferencesh_ray.api import create_app
     from inferencesh_ray.auth import Auth
     from inferencesh_ray.catalog import AppCatalog, AppInfo
@@ -105,7 +105,7 @@ def make_server(app_path, tmp_path, keys=(), files=None, session_limit=4, max_op
     host = AppHost(loaded.app_cls, app_id=loaded.name, files=files)
     info = AppInfo(name=loaded.name, schema=functions_schema(host.discovery), path=str(app_path))
     store = TaskStore(str(tmp_path / "tasks.sqlite3"))
-    dispatcher = Dispatcher(store, {loaded.name: host_backend(host)}, max_open_tasks=max_open_tasks)
+    dispatcher = Dispatcher(store, {loaded.name: host_backend(host)}, max_queued_tasks=max_queued_tasks)
     workers = LocalWorkers()
     registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), workers, limit=session_limit, reap_every_s=0.05)
 
@@ -117,11 +117,11 @@ def make_server(app_path, tmp_path, keys=(), files=None, session_limit=4, max_op
     return Server(app, dispatcher, store, workers)
 
 
-def run_api(app_path, tmp_path, body, keys=(), files=None, session_limit=4, max_open_tasks=10_000, **api_options):
+def run_api(app_path, tmp_path, body, keys=(), files=None, session_limit=4, max_queued_tasks=10_000, **api_options):
     """Run `await body(client)` against the real HTTP API of one app, in-process (no Ray), in one event loop."""
 
     async def main():
-        server = make_server(app_path, tmp_path, keys, files, session_limit, max_open_tasks, **api_options)
+        server = make_server(app_path, tmp_path, keys, files, session_limit, max_queued_tasks, **api_options)
         transport = httpx.ASGITransport(app=server.app, client=("127.0.0.1", 5000), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             client.workers, client.store = server.workers, server.store

@@ -163,7 +163,7 @@ def test_an_app_holding_its_limit_of_unfinished_tasks_refuses_more_with_429(apps
         assert (await wait_terminal(client, taken.json()["data"]["id"]))["output"]["text"] == "Y"
         await client.post(f"/tasks/{slow[1]['id']}/cancel")
 
-    run_api(apps / "counting.py", tmp_path, body, max_open_tasks=2)
+    run_api(apps / "counting.py", tmp_path, body, max_queued_tasks=2)
 
 
 def test_failures_carry_the_apps_message(apps, tmp_path):

@@ -186,3 +186,51 @@ def test_a_record_that_fails_cancels_the_call_even_when_nobody_awaits_submit(tmp
         return cancelled
 
     assert asyncio.run(main()) == [True]
+
+
+def test_a_task_cancelled_twice_is_recorded_and_frees_its_place_in_the_queue(tmp_path):
+    """An HTTP cancel, then the store's heartbeat repeating it while the Cancelled event is written."""
+
+    async def backend(call, setup_key):
+        yield Running()
+        await asyncio.sleep(30)
+
+    async def main():
+        store = CountingStore(tmp_path / "t.db", delay=0.05)
+        dispatcher = Dispatcher(store, {"app": backend}, max_queued_tasks=1)
+        task = await dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}})
+        while (await dispatcher.tasks.get(task["id"], "me"))["status"] != TaskStatus.RUNNING:
+            await asyncio.sleep(0.01)
+        await dispatcher.cancel(task["id"], "me")
+        await asyncio.sleep(0.01)  # the Cancelled event's write is in flight
+        dispatcher._cancel_local(task["id"])
+        while dispatcher._running:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        cancelled = await dispatcher.tasks.get(task["id"], "me")
+        again = await dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}})  # its place is free
+        await dispatcher.close()
+        return cancelled, again
+
+    cancelled, again = asyncio.run(main())
+    assert cancelled["status"] == TaskStatus.CANCELLED
+    assert again["id"]  # taken, not Saturated
+
+
+def test_a_task_cancelled_before_its_call_starts_frees_its_place_in_the_queue(tmp_path):
+    async def backend(call, setup_key):
+        yield Completed({})
+
+    async def main():
+        dispatcher = Dispatcher(CountingStore(tmp_path / "t.db"), {"app": backend}, max_queued_tasks=1)
+        submitted = asyncio.ensure_future(dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}}))
+        await asyncio.sleep(0)  # submit has made the call's task, which has not run yet
+        for running in list(dispatcher._running.values()):
+            running.cancel()
+        await asyncio.gather(submitted, return_exceptions=True)
+        await asyncio.sleep(0.05)
+        again = await dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}})
+        await dispatcher.close()
+        return again
+
+    assert asyncio.run(main())["id"]  # taken, not Saturated
