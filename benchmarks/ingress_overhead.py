@@ -114,12 +114,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args()
 
+    from inferencesh_ray.local_ray import start_ray
+
+    # Before Serve is imported: the handles built here take its settings (throughput mode) then.
+    start_ray(num_cpus=8)  # logical CPUs: every stack's replicas fit at once and share the same cores
     from ray import serve
 
     from inferencesh_ray.builder import build
-    from inferencesh_ray.local_ray import start_ray
-
-    start_ray(num_cpus=8)  # logical CPUs: every stack's replicas fit at once and share the same cores
     serve.start(http_options={"host": "127.0.0.1", "port": 8123})
     data = tempfile.mkdtemp(prefix="infsh-bench-")
     serve.run(build({"path": str(HERE / "apps" / "noop.py"), "name": "noop", "data_dir": data,

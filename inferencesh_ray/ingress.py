@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from .api import create_app
 from .auth import Auth, load_keys
@@ -57,6 +58,18 @@ def named_actor(cls: type, kind: str, database: str, *args: Any, **kwargs: Any) 
     return RemoteActor(actor_cls.remote(database, *args, **kwargs))
 
 
+def made_here(handle: DeploymentHandle) -> DeploymentHandle:
+    """A handle to the same deployment that calls it the way this process's Serve settings say.
+
+    A bound handle keeps the options of the process that built the app, as Serve read its
+    environment there on import: an app built by `infsh-ray serve PATH`, or by a script
+    that imported Serve before `start_ray` turned on its throughput mode, would call its
+    replicas through Ray actor calls instead of Serve's gRPC, at a cost of about a fifth of
+    the ingress's throughput (benchmarks/README.md).
+    """
+    return DeploymentHandle(handle.deployment_name, handle.app_name)
+
+
 @serve.ingress()
 class Ingress:
     def __init__(self, apps: list[dict], handles: dict[str, Any], state: dict[str, Any], files: FilesConfig,
@@ -68,8 +81,9 @@ class Ingress:
             _log.warning("no API keys configured: answering requests from this machine (loopback) only")
         database = state["database"]
         store = named_actor(TaskStore, "tasks", database, retention_s=state["retention_s"], lease_s=state["lease_s"])
+        handles = {name: made_here(handle) for name, handle in handles.items()}
         backends = {name: serve_backend(handle) for name, handle in handles.items()}
-        self.dispatcher = Dispatcher(store, backends, max_open_tasks=state["max_queued_tasks"])
+        self.dispatcher = Dispatcher(store, backends, max_queued_tasks=state["max_queued_tasks"])
         self.files = ServerFiles(files)
         registry = named_actor(SessionRegistry, "sessions", database, RayWorkers(), limit=state["max_sessions"])
         self.sessions = Sessions(registry, call_worker, self._worker_spec)

@@ -28,6 +28,9 @@ _THROUGHPUT = {
     # Actor-call arguments and results up to 1 MiB travel in the call, not through the object
     # store: a task with 32 embeddings (~110 KB pickled) crossed it twice per store write.
     "RAY_max_direct_call_object_size": str(1 << 20),
+    # Serve's gRPC between deployments refuses messages over 4 MiB by default: a task's input
+    # (up to max_request_bytes) or its output (4,096 embeddings are ~14 MB) would fail.
+    "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str((1 << 31) - 1),
 }
 
 

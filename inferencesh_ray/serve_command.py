@@ -48,12 +48,11 @@ def serve_forever(
     if config is None:
         _check_app(target)
 
-    from ray import serve
-
     from .local_ray import start_ray
 
     _say("starting Ray on 127.0.0.1 (no dashboard)..." if not address else f"joining Ray at {address}...")
     started = start_ray(address)
+    from ray import serve  # after start_ray, which sets Serve's throughput mode in the environment
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -84,6 +84,16 @@ def test_official_client_cancel_of_a_running_task(counting, ray_serve):
     assert sdk.run({"app": "counting", "input": {"text": "after"}})["output"]["text"] == "after"
 
 
+def test_inputs_and_outputs_over_4_mib_cross_between_ingress_and_replica(counting):
+    """Serve's gRPC between deployments refuses messages over 4 MiB unless told otherwise."""
+    text = "no file, just text " * ((5 << 20) // 19)
+    # Raw HTTP: the official sync client takes ~40 s to split a 20 MB stream line.
+    task = httpx.post(f"{counting}/apps/run", json={"app": "counting", "input": {"text": text, "times": 2}}, timeout=60)
+    done = wait_status(counting, task.json()["data"]["id"], lambda t: TaskStatus(t["status"]).is_terminal)
+    assert done["status"] == TaskStatus.COMPLETED, done["error"]
+    assert done["output"]["text"] == text * 2
+
+
 def test_failures_reach_the_official_client(counting):
     with pytest.raises(RuntimeError, match="RuntimeError: boom: x"):
         client(counting).run({"app": "counting:boom", "input": {"text": "x"}})
