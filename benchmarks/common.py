@@ -49,7 +49,10 @@ async def load(call: Callable[[aiohttp.ClientSession, int], Awaitable[None]], co
     latencies: list[float] = []
     counter = iter(range(total))
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as client:
+    # aiohttp refuses a stream line longer than twice `read_bufsize`; a task with 64 embeddings
+    # streams a ~0.5 MB one.
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300),
+                                     read_bufsize=1 << 22) as client:
 
         async def worker() -> None:
             for index in counter:

@@ -76,6 +76,20 @@ async def plain_call(base: str):
     return call
 
 
+def direct_ingress(prefix: str) -> str:
+    """The URL of the plain app under `prefix` at its replica's own HTTP port (Serve picks one from 30000 up)."""
+    import httpx
+
+    for port in range(30000, 30100):
+        url = f"http://127.0.0.1:{port}/{prefix}"
+        try:
+            if httpx.post(f"{url}/run", json={"value": 1}, timeout=2).json() == {"value": 1}:
+                return url
+        except (httpx.HTTPError, ValueError):
+            continue
+    raise SystemExit(f"no direct ingress port answers for /{prefix}")
+
+
 def process_cpu_s() -> dict[int, tuple[str, float]]:
     """pid -> (title, CPU seconds used so far) of each process of the machine (Ray titles its actors' processes)."""
     processes = {}
@@ -112,7 +126,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--direct-ingress", action="store_true",
+                        help="also plain Serve through its direct ingress: its ingress replica serves HTTP itself, "
+                             "as ours does with `listen`")
     args = parser.parse_args()
+    if args.direct_ingress:  # Serve's own switch, read when Ray starts; start_ray turns it off otherwise
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
 
     from inferencesh_ray.local_ray import start_ray
 
@@ -134,6 +153,9 @@ def main() -> None:
         "ours, through Serve's proxy": ours_call(f"{base}/ours"),
         "ours, `listen`": ours_call("http://127.0.0.1:8124"),
     }
+    if args.direct_ingress:
+        stacks["plain Serve (defaults), direct ingress"] = plain_call(direct_ingress("plain"))
+        stacks["plain Serve (tuned), direct ingress"] = plain_call(direct_ingress("tuned"))
     calls = {name: asyncio.run(factory) for name, factory in stacks.items()}
 
     print("| c | stack | req/s | p50 / p99 ms | vs defaults | vs tuned "
