@@ -94,15 +94,15 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     try:
-        # A shell that starts us in the background ignores SIGINT; COMMAND must not inherit that.
-        process = subprocess.Popen(command, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-        # `serve run` shuts down cleanly (unloading apps) on Ctrl-C only: a SIGTERM to us becomes one.
-        signal.signal(signal.SIGTERM, lambda *_: process.send_signal(signal.SIGINT))
-        while True:
-            try:
-                return process.wait()
-            except KeyboardInterrupt:  # the terminal sent SIGINT to COMMAND too: let it shut down first
-                continue
+        # COMMAND runs in a session of its own, so a terminal's Ctrl-C reaches us alone and we pass
+        # it on, as we do SIGINT and SIGTERM sent to us: `serve run` shuts down cleanly (unloading
+        # apps) on Ctrl-C only, and a second one would cut that short. A shell that starts us in
+        # the background ignores SIGINT; COMMAND must not inherit that.
+        process = subprocess.Popen(command, env=env, start_new_session=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: process.send_signal(signal.SIGINT))
+        return process.wait()
     finally:
         ray.shutdown()
 

@@ -147,8 +147,10 @@ def test_serve_of_a_config_checks_its_listen_doors_for_keys(tmp_path):
 
 
 @pytest.mark.slow
-def test_serve_run_on_a_private_loopback_ray_stops_cleanly_on_sigterm(tmp_path):
-    """`make serve`'s way: `serve run CONFIG` on a Ray of its own, gone (after unload) on SIGTERM."""
+@pytest.mark.parametrize("stop", ["sigterm", "sigint", "ctrl-c"])
+def test_serve_run_on_a_private_loopback_ray_stops_cleanly(tmp_path, stop):
+    """`make serve`'s way: `serve run CONFIG` on a Ray of its own, gone (after unload) on SIGTERM, on
+    a SIGINT sent to it alone, and on Ctrl-C (a SIGINT to its whole process group, from a terminal)."""
     from conftest import free_port
 
     port = free_port()
@@ -166,13 +168,16 @@ def test_serve_run_on_a_private_loopback_ray_stops_cleanly_on_sigterm(tmp_path):
     log = tmp_path / "serve.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "inferencesh_ray.local_ray", sys.executable, "-m", "ray.serve.scripts", "run", str(config)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"),
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True,
     )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _healthy(url), timeout=120)
         assert inference(api_key="k", base_url=url).run({"app": "counting", "input": {"text": "p"}})["output"]["text"] == "p"
-        process.send_signal(signal.SIGTERM)
+        if stop == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM if stop == "sigterm" else signal.SIGINT)
         assert process.wait(timeout=90) == 0
     finally:
         process.kill()
