@@ -1,7 +1,7 @@
 """Shared pieces of the benchmarks: load generation, the official client's way to run a task, statistics.
 
 The load generator is aiohttp, the HTTP library of the official SDK's async client, with
-one connection pool for all workers. Its C parser costs the client ~0.2 ms of CPU per
+one connection pool for all workers. Its C parser costs the client ~0.3 ms of CPU per
 request here; httpx, which these benchmarks used before, costs ~2 ms, and on a 2-core
 machine that CPU is taken from the servers being measured (benchmarks/README.md).
 """

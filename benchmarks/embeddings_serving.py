@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import load, run_and_wait  # noqa: E402
+from common import COMPLETED, load, run_and_wait  # noqa: E402
 
 WORDS = ("model replica request batch vector sentence cluster serve task file session query document "
          "the a of to and in is for on with fast small warm cold text image table").split()
@@ -57,7 +57,7 @@ def embed_call(base: str, function: str, texts: int, setup: dict):
         body = {"app": "text-embeddings", "function": function, "input": {"texts": sentences(texts, index)},
                 "setup": setup}
         done = await run_and_wait(client, base, body)
-        assert done["status"] == 10 and len(done["output"]["embeddings"]) == texts, str(done)[:500]
+        assert done["status"] == COMPLETED and len(done["output"]["embeddings"]) == texts, str(done)[:500]
 
     return call
 
@@ -70,7 +70,7 @@ def deploy(config: str, env: dict, stand_in: bool) -> None:
     args["listen"] = f"127.0.0.1:{LISTEN_PORT}"
     if stand_in:  # it needs no GPU, whatever the config gives the example
         args["apps"][0]["path"] = str(STAND_IN)
-        for deployment in settings.get("deployments", []) + settings["applications"][0].get("deployments", []):
+        for deployment in settings["applications"][0].get("deployments", []):
             deployment.get("ray_actor_options", {}).pop("num_gpus", None)
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as listening:
         yaml.safe_dump(settings, listening)
