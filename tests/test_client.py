@@ -11,6 +11,7 @@ import json
 import os
 import time
 import tracemalloc
+from typing import Optional
 
 import httpx
 import pytest
@@ -143,6 +144,67 @@ def test_envelope_messages_and_protocol_errors():
         client.run({"app": "a", "input": {}})
     with pytest.raises(ProtocolError, match="No upload URL"):
         client.files.upload(b"bytes")
+
+
+def refusing(times: int, retry_after: Optional[str] = "0", status: int = 429):
+    """A server that refuses the first `times` requests (`status`, Retry-After), then creates the task."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) <= times:
+            problem = {"type": "https://inference.sh/errors/rate_limited", "status": status, "detail": "full"}
+            headers = {} if retry_after is None else {"retry-after": retry_after}
+            return httpx.Response(status, headers=headers, json=problem)
+        return httpx.Response(200, json={"data": {"id": "t1", "status": 2}})
+
+    return seen, handler
+
+
+def run_no_wait(mode: str, handler, **options) -> dict:
+    body = {"app": "a", "input": {"text": "x"}}
+    if mode == "sync":
+        return inference(base_url="http://s.test", transport=httpx.MockTransport(handler), **options).run(body, wait=False)
+    client = async_inference(base_url="http://s.test", transport=httpx.MockTransport(handler), **options)
+    return asyncio.run(client.run(body, wait=False))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_run_refused_for_load_is_sent_again_after_retry_after(mode):
+    seen, handler = refusing(2, retry_after="0.2")
+    started = time.monotonic()
+    assert run_no_wait(mode, handler)["id"] == "t1"  # max_retries=2 by default
+    assert 0.4 <= time.monotonic() - started < 1.5  # each wait: Retry-After, stretched by at most a quarter
+    assert len(seen) == 3 and len({request.content for request in seen}) == 1
+
+    seen, handler = refusing(3)
+    with pytest.raises(APIError) as info:
+        run_no_wait(mode, handler)
+    assert info.value.status_code == 429 and info.value.code == "rate_limited" and len(seen) == 3
+
+    seen, handler = refusing(1)
+    with pytest.raises(APIError, match="HTTP 429"):
+        run_no_wait(mode, handler, max_retries=0)
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("status, retry_after", [(503, "0"), (500, "0"), (429, "3600"), (429, "-1")])
+def test_only_a_429_asking_a_short_wait_is_retried(status, retry_after):
+    """A 5xx may have created the task (sending it again could run it twice); an hour's wait is the caller's call."""
+    seen, handler = refusing(1, retry_after, status)
+    with pytest.raises(APIError) as info:
+        run_no_wait("sync", handler)
+    assert info.value.status_code == status and len(seen) == 1
+
+
+@pytest.mark.parametrize("retry_after", [None, "Fri, 04 Dec 2026 18:00:00 GMT"])
+def test_a_429_without_retry_after_in_seconds_backs_off_from_half_a_second(retry_after):
+    seen, handler = refusing(2, retry_after)
+    started = time.monotonic()
+    assert run_no_wait("sync", handler)["id"] == "t1"
+    assert 1.5 <= time.monotonic() - started < 2.5 and len(seen) == 3  # 0.5 s, then 1 s
+    with pytest.raises(ConfigurationError, match="max_retries"):
+        inference(base_url="http://s.test", max_retries=-1)
 
 
 def test_http_errors_are_typed(server):

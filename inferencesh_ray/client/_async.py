@@ -12,7 +12,7 @@ import httpx
 
 from ..files import File
 from ._base import StreamHandle, client_options, file_url_request, run_body, stream_request
-from ._config import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
+from ._config import DEFAULT_MAX_RETRIES, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
     FileData,
@@ -31,7 +31,7 @@ from ._files import (
 from ._stream import StreamOptions, TaskWatch
 from ._tasks import strip_task
 from ._transfer import upload_request
-from ._wire import MessageCallback, Response, is_transient, read_envelope, route, task_of
+from ._wire import MessageCallback, Response, is_transient, read_envelope, retry_delay, route, task_of
 
 
 class _AsyncConnection:
@@ -45,11 +45,17 @@ class _AsyncConnection:
         self.http = httpx.AsyncClient(**client_options(config, transport))
 
     async def request(self, method: str, path: str, *, json: Any = None) -> Response:
-        try:
-            response = await self.http.request(method, path, json=json)
-        except httpx.TransportError as exc:
-            raise connection_failed(exc, self.config.timeout) from exc
-        return read_envelope(response.status_code, response.text, self._on_message)
+        attempt = 0
+        while True:
+            try:
+                response = await self.http.request(method, path, json=json)
+            except httpx.TransportError as exc:
+                raise connection_failed(exc, self.config.timeout) from exc
+            delay = retry_delay(response, attempt, self.config.max_retries)
+            if delay is None:
+                return read_envelope(response.status_code, response.text, self._on_message)
+            await asyncio.sleep(delay)
+            attempt += 1
 
     async def task_or_none(self, task_id: str) -> Optional[dict[str, Any]]:
         """The task from a GET, or None when the server cannot be asked right now."""
@@ -298,10 +304,11 @@ class AsyncInference:
         base_url: Optional[str] = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         stream_timeout: float = DEFAULT_STREAM_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         on_message: Optional[MessageCallback] = None,
         transport: Optional[httpx.AsyncBaseTransport] = None,
     ) -> None:
-        self._config = resolve_config(api_key, base_url, timeout, stream_timeout)
+        self._config = resolve_config(api_key, base_url, timeout, stream_timeout, max_retries)
         self._connection = _AsyncConnection(self._config, on_message, transport)
         self.files = AsyncFiles(self._connection)
         self.tasks = AsyncTasks(self._connection, self.files)

@@ -24,6 +24,8 @@ DEFAULT_TIMEOUT_S = 30.0
 # A stream read waits this long for the next line; the server re-sends the task every
 # 15 s while it is idle, so a silent minute means the connection is dead.
 DEFAULT_STREAM_TIMEOUT_S = 60.0
+# A request the server refused for load (429: nothing was created) is tried again this often.
+DEFAULT_MAX_RETRIES = 2
 
 STREAM_HEADERS = {
     "Accept": "application/x-ndjson",
@@ -38,6 +40,7 @@ class ClientConfig:
     api_key: Optional[str]
     timeout: float
     stream_timeout: float
+    max_retries: int = DEFAULT_MAX_RETRIES
 
     def headers(self) -> dict[str, str]:
         headers = {"User-Agent": USER_AGENT}
@@ -50,7 +53,8 @@ class ClientConfig:
 
 
 def resolve_config(
-    api_key: Optional[str], base_url: Optional[str], timeout: float, stream_timeout: float
+    api_key: Optional[str], base_url: Optional[str], timeout: float, stream_timeout: float,
+    max_retries: int = DEFAULT_MAX_RETRIES,
 ) -> ClientConfig:
     """Arguments first, then INFERENCE_API_KEY / INFERENCE_BASE_URL; ConfigurationError without a server."""
     url = (base_url or os.environ.get(BASE_URL_ENV) or "").strip()
@@ -63,6 +67,8 @@ def resolve_config(
         raise ConfigurationError(f"base URL {url!r} is not an http(s) URL like http://127.0.0.1:8000")
     if timeout <= 0 or stream_timeout <= 0:
         raise ConfigurationError("timeout and stream_timeout must be positive numbers of seconds")
+    if max_retries < 0:
+        raise ConfigurationError("max_retries must be 0 (never retry) or more")
     # The API key is optional: a server with no keys answers requests from its own machine.
     key = api_key or os.environ.get(API_KEY_ENV) or None
-    return ClientConfig(base_url=url.rstrip("/"), api_key=key, timeout=timeout, stream_timeout=stream_timeout)
+    return ClientConfig(url.rstrip("/"), key, timeout, stream_timeout, max_retries)

@@ -17,7 +17,7 @@ import httpx
 
 from ..files import File
 from ._base import StreamHandle, client_options, file_url_request, run_body, stream_request
-from ._config import DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
+from ._config import DEFAULT_MAX_RETRIES, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
     FileData,
@@ -36,7 +36,7 @@ from ._files import (
 from ._stream import StreamOptions, TaskWatch
 from ._tasks import strip_task
 from ._transfer import upload_request
-from ._wire import MessageCallback, Response, is_transient, read_envelope, route, task_of
+from ._wire import MessageCallback, Response, is_transient, read_envelope, retry_delay, route, task_of
 
 
 class _Connection:
@@ -48,11 +48,17 @@ class _Connection:
         self.http = httpx.Client(**client_options(config, transport))
 
     def request(self, method: str, path: str, *, json: Any = None) -> Response:
-        try:
-            response = self.http.request(method, path, json=json)
-        except httpx.TransportError as exc:
-            raise connection_failed(exc, self.config.timeout) from exc
-        return read_envelope(response.status_code, response.text, self._on_message)
+        attempt = 0
+        while True:
+            try:
+                response = self.http.request(method, path, json=json)
+            except httpx.TransportError as exc:
+                raise connection_failed(exc, self.config.timeout) from exc
+            delay = retry_delay(response, attempt, self.config.max_retries)
+            if delay is None:
+                return read_envelope(response.status_code, response.text, self._on_message)
+            time.sleep(delay)
+            attempt += 1
 
     def task_or_none(self, task_id: str) -> Optional[dict[str, Any]]:
         """The task from a GET, or None when the server cannot be asked right now."""
@@ -314,7 +320,8 @@ class Inference:
 
     `base_url` (else `INFERENCE_BASE_URL`) is required; `api_key` (else `INFERENCE_API_KEY`)
     is sent as a bearer token when given. `timeout` bounds each connect, read and write of
-    plain requests; `stream_timeout` bounds each read of a task stream.
+    plain requests; `stream_timeout` bounds each read of a task stream. A request the
+    server refuses for load (429) is sent again up to `max_retries` times, after its Retry-After.
     """
 
     def __init__(
@@ -324,10 +331,11 @@ class Inference:
         base_url: Optional[str] = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         stream_timeout: float = DEFAULT_STREAM_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         on_message: Optional[MessageCallback] = None,
         transport: Optional[httpx.BaseTransport] = None,
     ) -> None:
-        self._config = resolve_config(api_key, base_url, timeout, stream_timeout)
+        self._config = resolve_config(api_key, base_url, timeout, stream_timeout, max_retries)
         self._connection = _Connection(self._config, on_message, transport)
         self.files = Files(self._connection)
         self.tasks = Tasks(self._connection, self.files)

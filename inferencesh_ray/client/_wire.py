@@ -5,6 +5,7 @@ envelope (unwrapped as the official SDK unwraps it), and which failures are wort
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 from urllib.parse import quote
@@ -65,3 +66,25 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (httpx.TransportError, ConnectionFailed)):
         return True
     return isinstance(exc, APIError) and (exc.status_code >= 500 or exc.status_code == 429)
+
+
+# A server asking for longer than this is treated as unavailable rather than waited on.
+MAX_RETRY_AFTER_S = 60.0
+
+
+def retry_delay(response: httpx.Response, attempt: int, max_retries: int) -> Optional[float]:
+    """Seconds to wait before sending a request again, or None to give its answer to the caller.
+
+    Only a 429 is retried: the server refused the request for load and created nothing,
+    so sending it again cannot run a task twice. The wait is the server's Retry-After
+    (else 0.5 s doubling), stretched by up to a quarter so refused clients do not all return at once.
+    """
+    if response.status_code != 429 or attempt >= max_retries:
+        return None
+    try:
+        asked = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        asked = 0.5 * 2**attempt  # absent, or an HTTP date: servers here send seconds
+    if not 0 <= asked <= MAX_RETRY_AFTER_S:
+        return None
+    return asked * (1 + random.random() / 4)
