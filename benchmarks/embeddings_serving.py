@@ -155,7 +155,10 @@ def main() -> None:
                       file=sys.stderr, flush=True)
                 call = embed_call(base, function, texts, setup)
                 asyncio.run(load(call, concurrency, concurrency))  # each worker's connection, opened
-                rows.append((concurrency, function, texts, asyncio.run(load(call, concurrency, requests))))
+                result = asyncio.run(load(call, concurrency, requests))
+                rows.append((concurrency, function, texts, result))
+                print(f"  {result.rps:,.1f} tasks/s, p50 {result.p50:.1f} ms, p99 {result.p99:.1f} ms",
+                      file=sys.stderr, flush=True)
     serve.shutdown()
     ray.shutdown()
     if args.stand_in is None:
