@@ -106,6 +106,17 @@ class ServeArgs(BaseModel):
             parse_address(value)
         return value
 
+    @field_validator("api_keys_file")
+    @classmethod
+    def _keys_file(cls, value: Optional[str]) -> Optional[str]:
+        """The ingress may start in another directory: pin the file now, and miss it now, not there."""
+        if value is None:
+            return None
+        path = Path(value).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"no such file: {value} (a relative path starts where `serve run` runs)")
+        return str(path)
+
     @model_validator(mode="after")
     def _one_or_more_apps(self) -> "ServeArgs":
         if self.path:

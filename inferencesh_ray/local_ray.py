@@ -88,6 +88,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not command:
         print("usage: python -m inferencesh_ray.local_ray COMMAND [ARGS...]", file=sys.stderr)
         return 2
+    joined = os.environ.pop("RAY_ADDRESS", None)
+    if joined:
+        print(f"ignoring RAY_ADDRESS={joined}: this runs on a Ray of its own (to deploy on that cluster, "
+              "run the command without `-m inferencesh_ray.local_ray`)", file=sys.stderr, flush=True)
     print("starting Ray on 127.0.0.1 (no dashboard)...", file=sys.stderr, flush=True)
     start_ray()
     import ray

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from .auth import is_loopback, load_keys
+from .auth import ENV_KEYS, is_loopback, load_keys
 from .errors import AppError
 from .listener import parse_address
 
@@ -27,29 +28,24 @@ def serve_forever(
     api_keys_file: Optional[str],
     listen: Optional[str] = None,
 ) -> int:
-    keys = load_keys(api_keys_file)
     config = _read_config(Path(target)) if Path(target).suffix in (".yaml", ".yml") else None
-    if config is not None:  # its own http_options and `listen` args, unless the command line says otherwise
+    if config is not None:  # its own http_options and `args`, unless the command line says otherwise
         given = config.http_options.model_fields_set
         host = host or (config.http_options.host if "host" in given else None)
         port = port or (config.http_options.port if "port" in given else None)
-        listens = [app.args["listen"] for app in config.applications if isinstance(app.args, dict) and app.args.get("listen")]
+        apps = [app.args if isinstance(app.args, dict) else {} for app in config.applications]
     else:
-        listens = [listen] if listen else []
+        apps = [{"api_keys_file": api_keys_file, "listen": listen}]
     host, port = host or "127.0.0.1", port or 8000
-    for bound in [host] + [parse_address(door)[0] for door in listens]:
-        if not keys and not is_loopback(bound):
-            raise AppError(
-                f"refusing to listen on {bound} with no API keys: set INFERENCESH_RAY_API_KEYS (or --api-keys-file), "
-                "or bind 127.0.0.1"
-            )
-    if not keys:
+    listens = [args["listen"] for args in apps if args.get("listen")]
+    if not check_keys(apps, host):
         _say(f"no API keys configured: answering requests from this machine only ({host} is loopback)")
     if config is None:
         _check_app(target)
 
     from .local_ray import start_ray
 
+    address = address or os.environ.get("RAY_ADDRESS")
     _say("starting Ray on 127.0.0.1 (no dashboard)..." if not address else f"joining Ray at {address}...")
     started = start_ray(address)
     from ray import serve  # after start_ray, which sets Serve's throughput mode in the environment
@@ -80,6 +76,29 @@ def serve_forever(
             for app_name in names:
                 serve.delete(app_name)
         _say("stopped.")
+
+
+def check_keys(apps: list[dict[str, Any]], host: str) -> bool:
+    """Refuse to serve an app off this machine (through Serve's proxy on `host`, or its own
+    `listen` door) with no API key to guard it; True when every app has keys.
+
+    `apps` are the apps' `args` (`api_keys_file`, `listen`); keys also come from the environment.
+    """
+    guarded = True
+    for args in apps:
+        keys_file = args.get("api_keys_file")
+        try:
+            keys = load_keys(keys_file)
+        except OSError as exc:
+            raise AppError(f"api_keys_file: cannot read {keys_file}: {exc.strerror}") from exc
+        for bound in [host] + ([parse_address(args["listen"])[0]] if args.get("listen") else []):
+            if not keys and not is_loopback(bound):
+                raise AppError(
+                    f"refusing to listen on {bound} with no API keys: set {ENV_KEYS} or an api_keys_file "
+                    "(--api-keys-file for an app path, in the app's `args:` for a config), or bind 127.0.0.1"
+                )
+        guarded = guarded and bool(keys)
+    return guarded
 
 
 def _check_app(target: str) -> None:

@@ -1,4 +1,4 @@
-"""`infsh-ray app validate | schema | dev`, driven as a user would, in a subprocess."""
+"""`infsh-ray app validate | schema | dev` and `serve`'s checks, driven as a user would, in a subprocess."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+from pydantic import ValidationError
+
+from inferencesh_ray.builder import ServeArgs
+from inferencesh_ray.errors import AppError
+from inferencesh_ray.serve_command import check_keys
 
 EXAMPLE = str(ROOT / "examples" / "image_model")
 
@@ -122,3 +128,31 @@ def test_serve_flags_that_belong_in_a_config_are_refused_with_one():
         "error: --name, --replicas apply to an app path; with a config file, set them in its `args:`"
     )
     assert cli("serve", str(ROOT / "tests" / "apps" / "counting.py"), "--replicas", "0").returncode == 2
+
+
+def test_serve_checks_each_apps_keys_where_it_can_be_reached(tmp_path, monkeypatch):
+    """A config's own `api_keys_file` guards its app (it used to be ignored: only the environment counted)."""
+    monkeypatch.delenv("INFERENCESH_RAY_API_KEYS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keys.txt").write_text("# one key\nk1\n")
+    keyed = {"api_keys_file": "keys.txt", "listen": "0.0.0.0:8124"}
+    assert check_keys([keyed], "0.0.0.0") is True
+    assert check_keys([{}], "127.0.0.1") is False  # loopback only: allowed, and said
+    with pytest.raises(AppError, match="refusing to listen on 0.0.0.0 with no API keys"):
+        check_keys([keyed, {"listen": "127.0.0.1:8125"}], "0.0.0.0")  # the second app reached through the proxy
+    with pytest.raises(AppError, match="refusing to listen on 0.0.0.0 .*in the app's `args:` for a config"):
+        check_keys([{"listen": "0.0.0.0:8124"}], "127.0.0.1")
+    with pytest.raises(AppError, match="api_keys_file: cannot read missing.txt: No such file"):
+        check_keys([{"api_keys_file": "missing.txt"}], "127.0.0.1")
+    monkeypatch.setenv("INFERENCESH_RAY_API_KEYS", "k2")
+    assert check_keys([{"listen": "0.0.0.0:8124"}], "0.0.0.0") is True
+
+
+def test_a_relative_api_keys_file_is_pinned_when_the_app_is_built(tmp_path, monkeypatch):
+    """The ingress replica opens it, maybe in another directory: the path is made absolute, and a
+    missing file fails the deploy by name instead of the replica's start."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keys.txt").write_text("k1\n")
+    assert ServeArgs(path="app.py", api_keys_file="keys.txt").api_keys_file == str(tmp_path / "keys.txt")
+    with pytest.raises(ValidationError, match="api_keys_file\n.*no such file: nope.txt"):
+        ServeArgs(path="app.py", api_keys_file="nope.txt")

@@ -149,8 +149,9 @@ def test_serve_of_a_config_checks_its_listen_doors_for_keys(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["sigterm", "sigint", "ctrl-c"])
 def test_serve_run_on_a_private_loopback_ray_stops_cleanly(tmp_path, stop):
-    """`make serve`'s way: `serve run CONFIG` on a Ray of its own, gone (after unload) on SIGTERM, on
-    a SIGINT sent to it alone, and on Ctrl-C (a SIGINT to its whole process group, from a terminal)."""
+    """`make serve`'s way: `serve run CONFIG` on a Ray of its own (whatever RAY_ADDRESS says), gone
+    (after unload) on SIGTERM, on a SIGINT sent to it alone, and on Ctrl-C (a SIGINT to its whole
+    process group, from a terminal)."""
     from conftest import free_port
 
     port = free_port()
@@ -164,7 +165,8 @@ def test_serve_run_on_a_private_loopback_ray_stops_cleanly(tmp_path, stop):
         f"    args: {{path: {APPS / 'counting.py'}, data_dir: {tmp_path}}}\n"
     )
     events = tmp_path / "events.log"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"INFSH_TEST_EVENTS": str(events)}
+    # A RAY_ADDRESS in the environment (here one nothing listens on) must not be joined: it used to be.
+    env = os.environ | {"INFSH_TEST_EVENTS": str(events), "RAY_ADDRESS": f"127.0.0.1:{free_port()}"}
     log = tmp_path / "serve.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "inferencesh_ray.local_ray", sys.executable, "-m", "ray.serve.scripts", "run", str(config)],
@@ -181,6 +183,7 @@ def test_serve_run_on_a_private_loopback_ray_stops_cleanly(tmp_path, stop):
         assert process.wait(timeout=90) == 0
     finally:
         process.kill()
+    assert "ignoring RAY_ADDRESS=127.0.0.1:" in log.read_text()
     assert "starting Ray on 127.0.0.1 (no dashboard)" in log.read_text()
     assert "unload:a" in events.read_text()  # serve run shut down cleanly, so the replica unloaded
     with pytest.raises(httpx.ConnectError):
