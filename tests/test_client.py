@@ -665,7 +665,7 @@ def test_input_walk_uploads_files_data_and_base64_and_leaves_the_rest(tmp_path):
         "nested": [{"mask": "data:image/png;base64,eA=="}, (b64, "hello")],
         "file": File(path=str(picture), filename="named.png"),
         "remote": File("https://example.com/a.png"),
-        "plain": ["short", ".", str(tmp_path), "https://example.com/b.png", 3, None],
+        "plain": ["short", ".", str(tmp_path), "https://example.com/b.png", 3, None, "data: a text", "data:,x"],
     }
     pending = uploads_in(value)
     assert [p.source for p in pending] == [str(picture), "data:image/png;base64,eA==", b64, str(picture)]
@@ -676,7 +676,7 @@ def test_input_walk_uploads_files_data_and_base64_and_leaves_the_rest(tmp_path):
         "nested": [{"mask": "https://files.test/1"}, ["https://files.test/2", "hello"]],
         "file": "https://files.test/3",
         "remote": "https://example.com/a.png",
-        "plain": ["short", ".", str(tmp_path), "https://example.com/b.png", 3, None],
+        "plain": ["short", ".", str(tmp_path), "https://example.com/b.png", 3, None, "data: a text", "data:,x"],
     }
 
 

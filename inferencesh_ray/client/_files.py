@@ -2,8 +2,9 @@
 values are uploads, and where a download goes.
 
 The input rule is the official SDK's (wire protocol §10): walking `input` through dicts
-and lists, a string that names an existing local file, a `data:` URI or a base64-looking
-string is uploaded and replaced by the file's URI; so is a `File` with a local path.
+and lists, a string that names an existing local file, a `data:...;base64,` URI or a
+base64-looking string is uploaded and replaced by the file's URI; so is a `File` with a
+local path.
 """
 
 from __future__ import annotations
@@ -191,7 +192,9 @@ def _collect(value: Any, found: dict[PendingUpload, None]) -> None:
 def _pending(value: Any) -> Optional[PendingUpload]:
     if isinstance(value, str):
         # A file, not just any existing path: a text field saying "." must not upload a directory.
-        if os.path.isfile(value) or value.startswith("data:") or looks_like_base64(value):
+        # Only a base64 data: URI: the official SDK tries any string starting "data:", and so fails
+        # a text that merely begins with it; the server takes other data: URIs as they are.
+        if os.path.isfile(value) or _DATA_URI.match(value) or looks_like_base64(value):
             return PendingUpload(value)
         return None
     if isinstance(value, File):
