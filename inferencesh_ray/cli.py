@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infsh-ray", description="Serve inference.sh-style apps on Ray Serve.")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    app = commands.add_parser("app", help="check, describe and try an app locally (no Ray needed)")
+    app = commands.add_parser("app", help="check, describe and try an app locally (no Ray needed), or run it on a server")
     app_commands = app.add_subparsers(title="app commands", metavar="COMMAND")
     path_help = f"app directory, .py file or package.module:Class (default {DEFAULT_REF})"
 
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT",
                        help="the ingress also serves the API itself here, without Serve's proxy (faster)")
     serve.add_argument("--address", help="join this Ray cluster instead of starting a local one")
-    serve.add_argument("--data-dir", help="where tasks (and, by default, files) live (default ~/.inferencesh_ray)")
+    serve.add_argument("--data-dir", help="where tasks (and, by default, files) live (default $INFERENCESH_RAY_DATA_DIR, else ~/.inferencesh_ray)")
     serve.add_argument("--storage", help="storage root URL for files: file:///... or s3://bucket/prefix (default DATA_DIR/files)")
     serve.add_argument("--api-keys-file", help="file of API keys, one per line (or set INFERENCESH_RAY_API_KEYS)")
     serve.set_defaults(handler=_serve)
