@@ -80,6 +80,9 @@ def batch_spec(func: Callable[..., Any]) -> Optional[BatchSpec]:
 RunBatch = Callable[[Hashable, list], Awaitable[list]]
 """Runs one batch (items of one key) and returns one outcome per item, in order; an exception fails its item."""
 
+Release = Callable[[Any], None]
+"""Told that the batcher is done with an item: no batch holds it now, or ever will."""
+
 
 @dataclass(eq=False)
 class _Entry:
@@ -109,8 +112,12 @@ class Batcher:
     `@serve.batch` does with one batch at a time), which is where batching pays under load.
     """
 
-    def __init__(self, run_batch: RunBatch) -> None:
+    def __init__(self, run_batch: RunBatch, release: Release = lambda item: None) -> None:
+        """`release` is called once per item: when it leaves the group before its batch starts, or when
+        its batch has ended. Its caller may have been cancelled long before (the batch runs on for the
+        others), so what a batch reads of an item (its input files) must live until its release."""
         self._run_batch = run_batch
+        self._release = release
         self._queues: dict[Hashable, _Queue] = {}
 
     async def submit(self, key: Hashable, spec: BatchSpec, item: Any) -> Any:
@@ -127,7 +134,8 @@ class Batcher:
         try:
             return await entry.future
         except asyncio.CancelledError:
-            _abandon(queue, entry)
+            if _abandon(queue, entry):
+                self._release(item)
             raise
 
     async def _drain(self, key: Hashable, queue: _Queue) -> None:
@@ -149,6 +157,8 @@ class Batcher:
         finally:
             queue.running, queue.running_task = [], None
         _settle(batch, task)
+        for entry in batch:
+            self._release(entry.item)
 
     async def _outcomes(self, key: Hashable, batch: list[_Entry]) -> list:
         outcomes = await self._run_batch(key, [entry.item for entry in batch])
@@ -170,12 +180,15 @@ async def _fill(queue: _Queue) -> None:
             return
 
 
-def _abandon(queue: _Queue, entry: _Entry) -> None:
+def _abandon(queue: _Queue, entry: _Entry) -> bool:
+    """Take a cancelled caller's entry out of its group; True if it left before its batch started."""
     if entry in queue.pending:
         queue.pending.remove(entry)
         queue.changed.set()
-    elif queue.running_task is not None and entry in queue.running and all(e.future.done() for e in queue.running):
+        return True
+    if queue.running_task is not None and entry in queue.running and all(e.future.done() for e in queue.running):
         queue.running_task.cancel()  # every caller is gone: stop the call, as for an unbatched function
+    return False
 
 
 def _settle(batch: list[_Entry], task: asyncio.Future) -> None:

@@ -80,14 +80,42 @@ class SetupConfig:
     key: str
 
 
+class _Scratch:
+    """A task's temporary directory for its input files, made on first use.
+
+    It is removed when its last holder lets go: the task, and for a batched function the
+    batcher too, which lets go when the batch holding the task's input has ended; a task
+    cancelled meanwhile must not delete files the rest of its batch is still reading.
+    """
+
+    def __init__(self) -> None:
+        self._path: Optional[Path] = None
+        self._holders = 1  # the task's own
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            self._path = Path(tempfile.mkdtemp(prefix="infsh-task-"))
+        return self._path
+
+    def hold(self) -> None:
+        self._holders += 1
+
+    def release(self) -> None:
+        self._holders -= 1
+        if self._holders == 0 and self._path is not None:
+            shutil.rmtree(self._path, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class _BatchMember:
-    """One call waiting in a batch: its validated input and where its events go."""
+    """One call waiting in a batch: its validated input, where its events go, and its input files' directory."""
 
     value: Any
     config: SetupConfig
     metadata: Metadata
     emit: Callable[[Any], None]
+    scratch: _Scratch
 
 
 class AppHost:
@@ -104,7 +132,7 @@ class AppHost:
         self.app_cls = app_cls
         self.app_id = app_id
         self.discovery: Discovery = discover(app_cls).with_batching(batching or {})
-        self._batcher = Batcher(self._call_batch)
+        self._batcher = Batcher(self._call_batch, release=lambda member: member.scratch.release())
         self.files: FileAccess = files or LocalFiles()
         self._app: Any = None
         self._setup_key: Optional[str] = None
@@ -202,13 +230,13 @@ class AppHost:
     async def _serve(self, call: Call, emit: Callable[[Any], None]) -> None:
         metadata = Metadata(**{"app_id": self.app_id, **call.metadata})
         metadata._log_sink = lambda text: emit(Log(text))
-        scratch: list[Path] = []  # the task's temporary directory, made only when its input has files
+        scratch = _Scratch()
         try:
             with logs.capture(metadata._log_sink):
                 function = self.function(call.function)
                 config = self.setup_config(call.setup)
                 value = await self._prepare_input(function, call, scratch)
-                output = await self._call_function(function, config, value, metadata, call.scope, emit)
+                output = await self._call_function(function, config, value, metadata, call.scope, emit, scratch)
                 emit(Completed(await self._publish_outputs(function, output, call.scope, lambda: emit(Uploading()))))
         except asyncio.CancelledError:
             emit(Cancelled())
@@ -222,8 +250,7 @@ class AppHost:
             # Only the type: the message may hold the server's paths or storage names.
             emit(Failed(f"internal error ({type(exc).__name__}) while serving this task; the server's log has the details"))
         finally:
-            for workdir in scratch:
-                shutil.rmtree(workdir, ignore_errors=True)
+            scratch.release()
 
     @asynccontextmanager
     async def _instance(self, config: SetupConfig, metadata: Metadata, emit: Callable[[Any], None]):
@@ -278,10 +305,12 @@ class AppHost:
         metadata: Metadata,
         scope: Optional[FileScope],
         emit: Callable[[Any], None],
+        scratch: _Scratch,
     ) -> Any:
         """The function's output for this one call; a batched function's comes from its group's call."""
         if function.batch is not None:
-            member = _BatchMember(value, config, metadata, emit)
+            member = _BatchMember(value, config, metadata, emit, scratch)
+            scratch.hold()  # the batcher's, released when no batch can read this call's files any more
             return await self._batcher.submit((function.name, config.key), function.batch, member)
         async with self._instance(config, metadata, emit):
             emit(Running())
@@ -326,8 +355,8 @@ class AppHost:
             raise AppCodeError(f"{function.name} yielded no output")
         return last
 
-    async def _prepare_input(self, function: AppFunction, call: Call, scratch: list[Path]) -> Any:
-        """Fetch the input's files to local paths (in a directory added to `scratch`), then validate;
+    async def _prepare_input(self, function: AppFunction, call: Call, scratch: _Scratch) -> Any:
+        """Fetch the input's files to local paths (in `scratch`), then validate;
         errors of both kinds are reported together."""
         data = call.input
         if not isinstance(data, dict):
@@ -335,10 +364,8 @@ class AppHost:
         data = copy.deepcopy(data)
         errors = []
         slots = file_slots(self.schema_of(function.input_model), data)
-        if slots:
-            scratch.append(Path(tempfile.mkdtemp(prefix="infsh-task-")))
         for index, slot in enumerate(slots):
-            slot_dir = scratch[0] / str(index)
+            slot_dir = scratch.path / str(index)
             slot_dir.mkdir()
             try:
                 slot.set(await self.files.fetch(slot.value, slot_dir, call.scope))
@@ -377,13 +404,17 @@ class AppHost:
 
 
 def _batch_outcomes(function: AppFunction, outputs: Any, count: int) -> list[Any]:
-    """A batched function's outputs, one per input; an exception in an element's place fails only that call."""
+    """A batched function's outputs, one per input; an exception in an element's place fails only that call.
+
+    Any exception: a CancelledError there (a sub-task the function cancelled) is the app's
+    failure, not a cancel of the task.
+    """
     expected = f"a batched function returns a list with one {function.output_model.__name__} per input, in order"
     if not isinstance(outputs, (list, tuple)):
         raise AppCodeError(f"{function.name} returned {type(outputs).__name__}; {expected}")
     if len(outputs) != count:
         raise AppCodeError(f"{function.name} returned {len(outputs)} outputs for {count} inputs; {expected}")
-    return [AppCodeError(describe(o), app_traceback(o)) if isinstance(o, Exception) else o for o in outputs]
+    return [AppCodeError(describe(o), app_traceback(o)) if isinstance(o, BaseException) else o for o in outputs]
 
 
 def validate_model(model: type, data: Any, what: str) -> Any:
@@ -422,7 +453,7 @@ async def _invoke(method: Callable, args: list, what: str, **kwargs: Any) -> Any
     try:
         if inspect.iscoroutinefunction(method):
             return await method(*args, **kwargs)
-        result = await asyncio.to_thread(method, *args, **kwargs)
+        result = await asyncio.to_thread(_sync_call, method, args, kwargs, what)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -431,6 +462,17 @@ async def _invoke(method: Callable, args: list, what: str, **kwargs: Any) -> Any
     except Exception as exc:
         prefix = f"{what} failed: " if what in ("setup", "unload") else ""
         raise AppCodeError(prefix + describe(exc), app_traceback(exc)) from exc
+
+
+def _sync_call(method: Callable, args: list, kwargs: dict[str, Any], what: str) -> Any:
+    """Call sync app code (in a worker thread), its StopIteration raised as RuntimeError: asyncio cannot
+    set StopIteration on a Future (Python 3.11 logs a TypeError), so the await would never end."""
+    try:
+        return method(*args, **kwargs)
+    except StopIteration as exc:
+        hint = "(next() on an exhausted iterator?); catch it, or give next() a default"
+        error = RuntimeError(f"{what} raised {describe(exc)} {hint}")
+        raise error.with_traceback(exc.__traceback__) from exc  # its traceback shows the app's frames
 
 
 async def _hold(queue: asyncio.Queue, group: list, seconds: float) -> list:

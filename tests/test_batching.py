@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import tempfile
 import time
 
 import pytest
@@ -220,6 +222,33 @@ def test_invalid_input_fails_its_own_task_before_batching(app):
     assert good[-1].output["batch_size"] == 1 and batches == [["ok"]]
 
 
+def test_stop_iteration_in_a_sync_batched_function_fails_its_batch_and_the_next_batch_runs(apps):
+    app_cls = load_app(str(apps / "stop_iteration.py")).app_cls
+
+    async def scenario(host):
+        # Without the fix the batch never ends, and the function's later batches wait behind it.
+        failed_batch = await asyncio.wait_for(run_together(host, embeds("zz", "a")), 5)
+        after = await asyncio.wait_for(events_of(host, Call("embed", {"text": "a"})), 5)
+        return failed_batch, after
+
+    failed_batch, after = run_on(app_cls, scenario)
+    for events in failed_batch:
+        assert events[-1].error == (
+            "RuntimeError: embed raised StopIteration (next() on an exhausted iterator?); "
+            "catch it, or give next() a default"
+        )
+        assert "in _look_up" in events[-1].traceback
+    assert after[-1] == Completed({"text": "A"})
+
+
+def test_a_cancelled_error_in_an_elements_place_fails_that_task_not_cancels_it(apps):
+    app_cls = load_app(str(apps / "batched_subtasks.py")).app_cls
+    calls = [Call("run", {"text": "ok"}), Call("run", {"text": "slow"})]
+    done, late = run_on(app_cls, lambda host: run_together(host, calls))
+    assert done[-1] == Completed({"text": "ok"})
+    assert isinstance(late[-1], Failed) and late[-1].error == "CancelledError"
+
+
 # The host: cancellation
 
 
@@ -311,3 +340,56 @@ def test_tasks_sent_together_over_http_are_batched(apps, tmp_path):
     assert [task["status"] for task in done] == [TaskStatus.COMPLETED] * 4
     assert sorted(task["output"]["text"] for task in done) == ["t0", "t1", "t2", "t3"]
     assert max(task["output"]["batch_size"] for task in done) > 1
+
+
+# The host: input files
+
+
+@pytest.fixture
+def files_app(apps):
+    """The batched files app: (its class, its lifecycle events)."""
+    loaded = load_app(str(apps / "batched_files.py"))
+    loaded.module.EVENTS.clear()
+    return loaded.app_cls, loaded.module.EVENTS
+
+
+@pytest.fixture
+def scratch_dirs(tmp_path, monkeypatch):
+    """The tasks' scratch directories that exist now (made under tmp_path for the test)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return lambda: sorted(tmp_path.glob("infsh-task-*"))
+
+
+def doc(blob: bytes) -> dict[str, str]:
+    return {"doc": "data:text/plain;base64," + base64.b64encode(blob).decode()}
+
+
+def test_a_task_cancelled_while_its_batch_runs_leaves_its_input_files_to_the_batch(files_app, scratch_dirs):
+    app_cls, lifecycle = files_app
+
+    async def scenario(host):
+        gone, kept = [await start(host, Call("read", doc(b"hello"))) for _ in range(2)]
+        while "read:start:2" not in lifecycle:
+            await asyncio.sleep(0.01)
+        await cancelled(gone)  # the batch reads gone's file after this
+        return await kept
+
+    kept = run_on(app_cls, scenario)
+    assert kept[-1] == Completed({"size": 5})
+    assert scratch_dirs() == []  # the batch let go of gone's files when it ended
+
+
+def test_batched_tasks_input_files_live_until_their_outputs_are_published_and_no_longer(files_app, scratch_dirs):
+    app_cls, _ = files_app
+
+    async def scenario(host):
+        gone = await start(host, Call("echo", doc(b"never batched")))
+        await asyncio.sleep(0.05)  # it waits for its batch (max_wait_ms 300)
+        await cancelled(gone)
+        left_after_cancel = scratch_dirs()
+        return left_after_cancel, await run_together(host, [Call("echo", doc(b"one")), Call("echo", doc(b"three"))])
+
+    left_after_cancel, results = run_on(app_cls, scenario, batching={"echo": {"max_wait_ms": 300}})
+    assert left_after_cancel == []
+    assert [events[-1].output["doc"]["size"] for events in results] == [3, 5]  # published after the batch ended
+    assert scratch_dirs() == []

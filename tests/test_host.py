@@ -414,3 +414,22 @@ def test_a_consumer_cancelled_while_running_is_held_cancels_the_call(counting):
 
     asyncio.run(scenario())
     assert "slow:cancelled:h" in lifecycle
+
+
+def test_stop_iteration_in_sync_app_code_fails_the_task_instead_of_hanging(apps):
+    app_cls = load_app(str(apps / "stop_iteration.py")).app_cls
+    hint = "raised StopIteration (next() on an exhausted iterator?); catch it, or give next() a default"
+
+    async def scenario():
+        host = AppHost(app_cls)
+        # On Python 3.11 asyncio cannot hand StopIteration over from a thread: without the fix these never end.
+        missing = await asyncio.wait_for(events_of(host, Call("run", {"text": "zz"})), 5)
+        found = await asyncio.wait_for(events_of(host, Call("run", {"text": "a"})), 5)
+        broken = await asyncio.wait_for(events_of(host, Call("run", {"text": "a"}, {"broken": True})), 5)
+        return missing[-1], found[-1], broken[-1]
+
+    missing, found, broken = asyncio.run(scenario())
+    assert missing.error == f"RuntimeError: run {hint}"
+    assert "stop_iteration.py" in missing.traceback and "in _look_up" in missing.traceback
+    assert found == Completed({"text": "A"})  # the instance is free again
+    assert broken.error == f"setup failed: RuntimeError: setup {hint}"
