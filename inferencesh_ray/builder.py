@@ -62,7 +62,7 @@ class ServeArgs(BaseModel):
         description="Where the task database lives by default ($INFERENCESH_RAY_DATA_DIR, else ~/.inferencesh_ray)",
     )
     database: Optional[str] = Field(None, description="SQLite file of the task store (default: DATA_DIR/tasks.sqlite3)")
-    task_retention_s: float = Field(7 * 24 * 3600, gt=0, description="Finished tasks older than this are pruned")
+    task_retention_s: float = Field(7 * 24 * 3600, gt=0, description="Finished tasks, and sessions ended, longer ago than this are pruned")
     task_lease_s: float = Field(
         20.0, gt=0, description="A task whose ingress stops renewing its lease this long is ended FAILED"
     )

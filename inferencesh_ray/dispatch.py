@@ -4,11 +4,12 @@ A `Dispatcher` lives in each ingress replica. It creates the task in the store, 
 the app's backend (a Serve deployment handle, streaming the app host's events) in a
 background asyncio task that no HTTP request owns, and applies the events to the
 store: one write at a time per task, the events that arrive meanwhile together in the
-next, and the writes of all its tasks grouped into one store call (StoreWrites). What
-the store returns goes to `tasks` (RecentTasks), which answers reads and streams of the
-task from memory. Cancels reach it directly, or through the store when
-another ingress replica took the cancel; its heartbeat renews the lease that keeps its
-tasks from being reaped.
+next, and the writes of all its tasks grouped into one store call (StoreWrites); a
+write the store could not take is sent again until it is, so a task's end is never
+lost to a passing outage. What the store returns for the tasks it runs goes to `tasks`
+(RecentTasks), which answers reads and streams of them from memory. Cancels reach it
+directly, or through the store when another ingress replica took the cancel; its
+heartbeat renews the lease that keeps its tasks from being reaped.
 """
 
 from __future__ import annotations
@@ -23,16 +24,21 @@ from typing import Any, AsyncIterator, Callable, Optional
 from .events import Cancelled, Failed, TaskEvent
 from .host import Call
 from .recent import RecentTasks
+from .status import TaskStatus
 from .tracebacks import describe
-from .writes import StoreWrites
+from .writes import StoreUnavailable, StoreWrites
 
 _log = logging.getLogger(__name__)
 
 # Runs one call of an app: (call, setup key) -> the app host's events.
 Backend = Callable[[Call, str], AsyncIterator[TaskEvent]]
-# Unfinished tasks one dispatcher holds per backend at most: each waits in memory here and
-# in Serve's router until a replica takes it, so a flood is refused rather than held.
+# Unfinished tasks of one app (its sessions' included) one dispatcher holds at most: each
+# waits in memory here and in Serve's router until a replica takes it, so a flood is
+# refused rather than held.
 MAX_QUEUED_TASKS = 10_000
+# A write the store could not take is sent again after these waits, doubling.
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 1.0
 
 
 class Saturated(Exception):
@@ -65,7 +71,7 @@ class Dispatcher:
         self._writes = StoreWrites(store)
         self._backends = backends
         self._running: dict[str, asyncio.Task] = {}
-        self._unfinished: Counter[Backend] = Counter()
+        self._unfinished: Counter[Optional[str]] = Counter()  # by app
         self._max_unfinished = max_queued_tasks
         self._heartbeat_s = heartbeat_s
         self._heartbeat: Optional[asyncio.Task] = None
@@ -86,19 +92,19 @@ class Dispatcher:
         Either way the backend is entered (the loop runs its tasks in the order they were
         made: the call's before the one that would see the record fail), so a backend's
         own cleanup, such as ending a session's call, always runs and callers do none.
-        Raises Saturated, creating nothing, when `backend` holds `max_queued_tasks` unfinished.
+        Raises Saturated, creating nothing, when the app (`fields["app_id"]`) holds
+        `max_queued_tasks` unfinished tasks, whichever backends run them.
         """
-        if self._unfinished[backend] >= self._max_unfinished:
-            raise Saturated(f"this server holds {self._max_unfinished} unfinished tasks of this app, its limit "
-                            "(max_queued_tasks); retry in a moment")
+        app = fields.get("app_id")
+        self.ensure_room(app)
         self._ensure_heartbeat()
         task_id = task_id or uuid.uuid4().hex
         call = replace(call, metadata={**call.metadata, "task_id": task_id, "session_id": fields.get("session_id")})
         created = asyncio.ensure_future(self._create(owner, fields, task_id))
         drive = self._running[task_id] = asyncio.create_task(self._drive(owner, task_id, backend, call, setup_key, created))
-        self._unfinished[backend] += 1
+        self._unfinished[app] += 1
         # A callback, not the drive's `finally`: it runs also for a drive cancelled before it started.
-        drive.add_done_callback(lambda _: self._ended(task_id, backend))
+        drive.add_done_callback(lambda _: self._ended(task_id, app))
 
         def cancel_unless_recorded(done: asyncio.Future) -> None:  # also when nobody awaits `submit` any more
             if done.cancelled() or done.exception() is not None:
@@ -107,15 +113,26 @@ class Dispatcher:
         created.add_done_callback(cancel_unless_recorded)
         return await asyncio.shield(created)
 
+    def ensure_room(self, app: Optional[str]) -> None:
+        """Raise Saturated when this dispatcher holds `max_queued_tasks` unfinished tasks of `app`."""
+        if self._unfinished[app] >= self._max_unfinished:
+            raise Saturated(f"this server holds {self._max_unfinished} unfinished tasks of this app, its limit "
+                            "(max_queued_tasks); retry in a moment")
+
     async def _create(self, owner: str, fields: dict[str, Any], task_id: str) -> dict:
         task = await self._writes.create(owner, fields, self.id, task_id)
         self.tasks.put(owner, task)
         return task
 
     async def cancel(self, task_id: str, owner: str) -> Optional[dict]:
+        """Ask the store to cancel; the call stops here once the store has the task CANCELLING."""
         task = await self._writes.cancel(task_id, owner)
-        if task is not None:
+        if task is None:
+            return None
+        # Another replica's open task: only its writes would follow this copy, so reads here go to the store.
+        if task_id in self._running or TaskStatus(task["status"]).is_terminal:
             self.tasks.put(owner, task)
+        if task["status"] == TaskStatus.CANCELLING:
             self._cancel_local(task_id)
         return task
 
@@ -138,11 +155,9 @@ class Dispatcher:
             events.put_nowait(None)
             await asyncio.shield(writer)  # a cancel repeated meanwhile (the heartbeat's) must not stop the record
 
-    def _ended(self, task_id: str, backend: Backend) -> None:
+    def _ended(self, task_id: str, app: Optional[str]) -> None:
         self._running.pop(task_id, None)
-        self._unfinished[backend] -= 1
-        if not self._unfinished[backend]:
-            del self._unfinished[backend]  # a session's backend is made per call
+        self._unfinished[app] -= 1
 
     async def _write(
         self, owner: str, task_id: str, events: asyncio.Queue[Optional[TaskEvent]], created: asyncio.Future
@@ -166,15 +181,34 @@ class Dispatcher:
     async def _record(self, owner: str, task_id: str, events: list[TaskEvent]) -> None:
         """Apply `events`; events the store refuses end the task FAILED rather than leave it running."""
         try:
-            self.tasks.put(owner, await self._writes.apply(task_id, events))
+            self.tasks.put(owner, await self._apply(task_id, events))
             return
         except Exception as exc:
             _log.warning("task %s: its events could not be recorded: %s", task_id, describe(exc))
             failed = Failed(f"the server could not record this task's progress ({type(exc).__name__}); submit it again")
         try:
-            self.tasks.put(owner, await self._writes.apply(task_id, [failed]))
-        except Exception as exc:  # the store itself is failing: nothing more can be recorded
+            self.tasks.put(owner, await self._apply(task_id, [failed]))
+        except Exception as exc:  # refused too, or closing with the store down: the lease, no longer renewed, ends it
             _log.warning("task %s: its failure could not be recorded either: %s", task_id, describe(exc))
+
+    async def _apply(self, task_id: str, events: list[TaskEvent]) -> Optional[dict]:
+        """The store's apply, sent again while the store cannot take it; raises what the store refused.
+
+        Not bounded by time: the task keeps its place in the queue meanwhile (so a long outage
+        ends in 429s, not in lost results), and the heartbeat keeps its lease. Once this
+        dispatcher closes it stops, and the lease, no longer renewed, ends the task.
+        """
+        wait = RETRY_FIRST_S
+        while True:
+            try:
+                return await self._writes.apply(task_id, events)
+            except StoreUnavailable as exc:
+                if self._closing:
+                    raise
+                if wait == RETRY_FIRST_S:
+                    _log.warning("task %s: %s; sending it again until it does", task_id, exc)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_MAX_S)
 
     def _cancel_local(self, task_id: str) -> None:
         running = self._running.get(task_id)

@@ -85,7 +85,8 @@ class Ingress:
         backends = {name: serve_backend(handle) for name, handle in handles.items()}
         self.dispatcher = Dispatcher(store, backends, max_queued_tasks=state["max_queued_tasks"])
         self.files = ServerFiles(files)
-        registry = named_actor(SessionRegistry, "sessions", database, RayWorkers(), limit=state["max_sessions"])
+        registry = named_actor(SessionRegistry, "sessions", database, RayWorkers(), limit=state["max_sessions"],
+                               retention_s=state["retention_s"])
         self.sessions = Sessions(registry, call_worker, self._worker_spec)
         self._handles = handles
         self._specs: dict[str, WorkerSpec] = {}

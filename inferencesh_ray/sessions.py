@@ -88,7 +88,10 @@ class Session:
 
 
 class SessionRegistry:
-    def __init__(self, database: str, workers: Workers, *, limit: int = 32, reap_every_s: float = 0.25) -> None:
+    def __init__(
+        self, database: str, workers: Workers, *, limit: int = 32, reap_every_s: float = 0.25,
+        retention_s: float = 7 * 24 * 3600,
+    ) -> None:
         if database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
@@ -100,6 +103,8 @@ class SessionRegistry:
         self._workers = workers
         self._limit = limit
         self._reap_every_s = reap_every_s
+        self._retention_s = retention_s
+        self._pruned = 0.0
         self._reaper: Optional[asyncio.Task] = None
         # Live sessions, in memory; a restarted registry finds them again (and their idle timers start over).
         self._active: dict[str, Session] = {}
@@ -130,8 +135,10 @@ class SessionRegistry:
         return session.view() if session else None
 
     async def list(self, owner: str) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT id FROM sessions WHERE owner = ? ORDER BY rowid", (owner,)).fetchall()
-        return [self._find(session_id, owner).view() for (session_id,) in rows]
+        """The owner's sessions, oldest first: the live ones and those ended within the retention."""
+        self._ensure_reaper()
+        rows = self._db.execute("SELECT id, body FROM sessions WHERE owner = ? ORDER BY rowid", (owner,))
+        return [(self._active.get(session_id) or Session(**json.loads(body))).view() for session_id, body in rows]
 
     async def begin_call(self, session_id: str, owner: str, app: str, task_id: str, first: bool = False) -> Optional[dict]:
         """Count a call in; the session as it is (a call runs only when it comes back `active` for `app`)."""
@@ -179,11 +186,16 @@ class SessionRegistry:
             await self._finish(session, ENDED, reason)
 
     async def reap(self) -> list[str]:
-        """Expire the idle sessions; their ids."""
+        """Expire the idle sessions (their ids are returned); once a minute, forget those ended
+        longer ago than the retention, as the task store forgets old tasks."""
         now = time.time()
         due = [s for s in self._active.values() if s.busy == 0 and s.expires <= now]
         for session in due:
             await self._finish(session, EXPIRED, f"idle for {session.idle_timeout} s")
+        if now - self._pruned >= 60:
+            self._pruned = now
+            self._db.execute("DELETE FROM sessions WHERE status != ? AND json_extract(body, '$.ended') < ?",
+                             (ACTIVE, now - self._retention_s))
         return [session.id for session in due]
 
     async def _finish(self, session: Session, status: str, reason: str) -> None:

@@ -3,7 +3,8 @@ worker, and the `/sessions` endpoints the official SDK uses.
 
 Errors use the SDK's session codes: 404 `SESSION_NOT_FOUND` (unknown, or another key's),
 410 `SESSION_EXPIRED` / `SESSION_ENDED`, 409 `APP_MISMATCH`, 429 past the limit of live
-sessions. A call never silently runs on a fresh instance.
+sessions, or (Saturated) past the app's `max_queued_tasks`, which session calls count
+toward as plain ones do. A call never silently runs on a fresh instance.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse
 
 from .catalog import AppInfo
-from .dispatch import Backend, Dispatcher
+from .dispatch import Backend, Dispatcher, Saturated
 from .events import Completed, Failed, TaskEvent
 from .host import Call
 from .problems import ApiProblem
@@ -60,15 +61,22 @@ class Sessions:
         created (the task's fields are known already) and starts only once admitted. A
         refused one is answered with the refusal, as always, and its task, which nobody
         was told of, ends FAILED with the same reason. Other calls are admitted first.
+        Past the app's `max_queued_tasks`, Saturated, before any session is opened or joined.
         """
+        dispatcher.ensure_room(app.name)
         known = self._known.get(session or "") if timeout is None else None
         if known is None or known[:2] != (owner, app.name):
             admitted = await self.admit(owner, app, session, timeout, task_id)
             fields = {**fields, "session_id": admitted.session_id, "session_timeout": admitted.idle_timeout}
-            # The backend ends the call in the registry, whatever happens to the task's record.
-            return await dispatcher.submit(owner, admitted.backend, call, setup_key, fields, task_id)
+            try:
+                # The backend ends the call in the registry, whatever happens to the task's record.
+                return await dispatcher.submit(owner, admitted.backend, call, setup_key, fields, task_id)
+            except Saturated:  # filled while it was admitted: its backend never ran to end the call
+                await self.registry.end_call(admitted.session_id, False)
+                raise
         admission = asyncio.ensure_future(self.admit(owner, app, session, None, task_id))
         fields = {**fields, "session_id": session, "session_timeout": known[2]}
+        # Nothing awaited since `ensure_room`, so this submit is not refused for room.
         task = await dispatcher.submit(owner, self._once_admitted(admission), call, setup_key, fields, task_id)
         await asyncio.shield(admission)  # a refusal (ApiProblem) is the answer
         return task

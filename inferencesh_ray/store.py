@@ -3,8 +3,9 @@
 A `TaskStore` keeps every task in an embedded SQLite database (so completed tasks
 survive restarts of the ingress, of the store and of `serve run`) and the live ones in
 memory, applies the app host's events to them with the status moving only forward,
-and wakes whoever waits on a task. On Ray it runs as one named actor that every
-ingress replica shares (see `store_actor`); tests use it in-process.
+and wakes whoever waits on a task. Memory never runs ahead of the disk: a write that
+fails changes nothing. On Ray it runs as one named actor that every ingress replica
+shares (see `store_actor`); tests use it in-process.
 
 Dispatchers (ingress replicas) renew a lease with `heartbeat`; a task whose
 dispatcher stops renewing is ended FAILED, so nothing stays running forever.
@@ -13,20 +14,25 @@ dispatcher stops renewing is ended FAILED, so nothing stays running forever.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
-from .events import Cancelled, Completed, Failed, Log, Output, TaskEvent
+from .events import TERMINAL_EVENTS, Cancelled, Completed, Failed, Log, Output, TaskEvent
 from .json_codec import dumps, loads
 from .status import TaskStatus
 
+_log = logging.getLogger(__name__)
+
 LEASE_S = 20.0
 STREAM_LOG_LINES = 50
+_WRITES = ("create", "apply", "cancel")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -69,6 +75,8 @@ class TaskStore:
         self._live: dict[str, _Live] = {}
         self._leases: dict[str, float] = {}
         self._cancels: dict[str, set[str]] = {}
+        # The open transaction's changes, in order: (live, its task before; None when created).
+        self._changes: list[tuple[_Live, Optional[dict[str, Any]]]] = []
         self._retention_s = retention_s
         self._lease_s = lease_s
         self._started = time.monotonic()
@@ -85,36 +93,18 @@ class TaskStore:
         self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None, task_id: Optional[str] = None
     ) -> dict[str, Any]:
         """Record a new task, QUEUED, and return it."""
-        stamp = time.time()
-        task = {
-            "id": task_id or uuid.uuid4().hex,
-            "created_at": now_iso(stamp),
-            "updated_at": now_iso(stamp),
-            "status": int(TaskStatus.QUEUED),
-            "output": None,
-            "error": None,
-            "logs": [],
-            "session_id": None,
-            **fields,
-            "events": [_status_event(TaskStatus.RECEIVED, stamp), _status_event(TaskStatus.QUEUED, stamp)],
-        }
-        self._live[task["id"]] = _Live(task, owner, dispatcher)
-        self._save(task, owner, dispatcher)
-        return task
+        with self._transaction():
+            return self._create(owner, fields, dispatcher, task_id)
 
     async def get(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
         """The task, or None when it does not exist or belongs to another key."""
-        live = self._live.get(task_id)
-        if live is not None:
-            return live.task if live.owner == owner else None
-        row = self._db.execute("SELECT body FROM tasks WHERE id = ? AND owner = ?", (task_id, owner)).fetchone()
-        return loads(row[0]) if row else None
+        return self._get(task_id, owner)
 
     async def watch(self, task_id: str, owner: str, seen: int, timeout: float) -> Optional[tuple[int, dict]]:
         """(version, task) once the task's version passes `seen`, or the current one after `timeout`."""
         live = self._live.get(task_id)
         if live is None or live.owner != owner:
-            task = await self.get(task_id, owner)
+            task = self._get(task_id, owner)
             return None if task is None else (seen + 1, task)
         if live.version <= seen and not TaskStatus(live.task["status"]).is_terminal:
             try:
@@ -124,75 +114,29 @@ class TaskStore:
         return live.version, live.task
 
     # -- changing ---------------------------------------------------------------
+    #
+    # A change is made on a copy of the task, which replaces the live one once SQLite has
+    # taken it; reads, watches and heartbeats see it once its transaction commits. A write
+    # that fails leaves memory as the disk has it, so a retry or a fallback still applies.
 
     async def write(self, ops: list[tuple[str, tuple]]) -> list[Any]:
         """Run `create`, `apply` and `cancel` calls in order, in one transaction; each
-        gets its result, or the exception it raised, in its place."""
-        results: list[Any] = []
-        self._db.execute("BEGIN")
-        try:
-            for op, args in ops:
-                try:
-                    if op not in ("create", "apply", "cancel"):
-                        raise ValueError(f"not a task store write: {op!r}")
-                    results.append(await getattr(self, op)(*args))
-                except Exception as exc:
-                    results.append(exc)
-        finally:
-            self._db.execute("COMMIT")
-        return results
+        gets its result, or the exception it raised, in its place. Raises, having changed
+        nothing, when the transaction itself fails (a full disk, an I/O error)."""
+        with self._transaction():
+            return [self._write_one(op, args) for op, args in ops]
 
     async def apply(self, task_id: str, events: Iterable[TaskEvent]) -> Optional[dict[str, Any]]:
         """Apply the host's events in order; a terminal task never changes again."""
-        live = self._live.get(task_id)
-        if live is None:
-            return None
-        changed = False
-        for event in events:
-            changed |= self._apply_one(live.task, event)
-        if changed:
-            self._touch(live)
-        return live.task
-
-    def _apply_one(self, task: dict[str, Any], event: TaskEvent) -> bool:
-        current = TaskStatus(task["status"])
-        if current.is_terminal:
-            return False
-        if isinstance(event, Log):
-            task["logs"].append(_log_entry(task["id"], len(task["logs"]), event.text, event.at))
-            return True
-        if isinstance(event, Output):
-            task["output"] = event.output
-            return True
-        if current == TaskStatus.CANCELLING and isinstance(event, (Completed, Failed)):
-            event = Cancelled(at=event.at)  # a cancel asked for wins over a result that raced it
-        if isinstance(event, Completed):
-            task["output"] = event.output
-        elif isinstance(event, Failed):
-            task["error"] = event.error
-        elif isinstance(event, Cancelled):
-            task["error"] = task["error"] or event.reason
-        if event.status is None or event.status <= current:
-            return False
-        task["status"] = int(event.status)
-        task["events"].append(_status_event(event.status, event.at))
-        return True
+        with self._transaction():
+            return self._apply(task_id, events)
 
     async def cancel(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
         """Ask to cancel: an open task goes CANCELLING, then CANCELLED once its dispatcher has stopped
-        the call (still queued in Serve's router, or running); a finished one stays as it is."""
-        live = self._live.get(task_id)
-        if live is None or live.owner != owner:
-            return await self.get(task_id, owner)
-        status = TaskStatus(live.task["status"])
-        if status.is_terminal or status == TaskStatus.CANCELLING:
-            return live.task
-        live.task["status"] = int(TaskStatus.CANCELLING)
-        live.task["events"].append(_status_event(TaskStatus.CANCELLING))
-        if live.dispatcher is not None:
-            self._cancels.setdefault(live.dispatcher, set()).add(task_id)
-        self._touch(live)
-        return live.task
+        the call (still queued in Serve's router, or running). One already UPLOADING its outputs is
+        past stopping and finishes; it, and a finished one, are returned as they are."""
+        with self._transaction():
+            return self._cancel(task_id, owner)
 
     async def heartbeat(self, dispatcher: str) -> list[str]:
         """Renew a dispatcher's lease; returns the ids of its tasks to cancel."""
@@ -207,34 +151,137 @@ class TaskStore:
         if now - self._started < self._lease_s:
             return 0  # dispatchers alive before a store restart get one lease to check in
         reaped = 0
-        for live in list(self._live.values()):
-            lease = self._leases.get(live.dispatcher or "")
-            if lease is None or now - lease > self._lease_s:
-                reason = "the server dispatching this task stopped before it finished; submit it again"
-                if self._apply_one(live.task, Failed(reason)):
-                    self._touch(live)
-                    reaped += 1
-        self._db.execute("DELETE FROM tasks WHERE status >= 10 AND updated < ?", (time.time() - self._retention_s,))
+        with self._transaction():
+            for live in list(self._live.values()):
+                lease = self._leases.get(live.dispatcher or "")
+                if lease is None or now - lease > self._lease_s:
+                    reason = "the server dispatching this task stopped before it finished; submit it again"
+                    reaped += self._change(live, [Failed(reason)])
+            self._db.execute("DELETE FROM tasks WHERE status >= 10 AND updated < ?", (time.time() - self._retention_s,))
         return reaped
 
     async def _reap_forever(self, every_s: float = 5.0) -> None:
         while True:
             await asyncio.sleep(every_s)
-            await self.reap()
+            try:
+                await self.reap()
+            except sqlite3.Error as exc:  # a full disk, an I/O error: it changed nothing, the next round tries again
+                _log.warning("the task store could not reap or prune tasks (%s: %s); check the disk of its database",
+                             type(exc).__name__, exc)
 
     # -- internals --------------------------------------------------------------
 
-    def _touch(self, live: _Live) -> None:
-        task = live.task
+    def _write_one(self, op: str, args: tuple) -> Any:
+        try:
+            if op not in _WRITES:
+                raise ValueError(f"not a task store write: {op!r}")
+            return getattr(self, f"_{op}")(*args)
+        except Exception as exc:
+            if not self._db.in_transaction:
+                raise  # SQLite ended the whole transaction, so the other writes are undone too
+            return exc
+
+    def _create(
+        self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None, task_id: Optional[str] = None
+    ) -> dict[str, Any]:
         stamp = time.time()
-        task["updated_at"] = now_iso(stamp)
-        live.version += 1
+        task = {
+            "id": task_id or uuid.uuid4().hex,
+            "created_at": now_iso(stamp),
+            "updated_at": now_iso(stamp),
+            "status": int(TaskStatus.QUEUED),
+            "output": None,
+            "error": None,
+            "logs": [],
+            "session_id": None,
+            **fields,
+            "events": [_status_event(TaskStatus.RECEIVED, stamp), _status_event(TaskStatus.QUEUED, stamp)],
+        }
+        self._save(task, owner, dispatcher)
+        live = self._live[task["id"]] = _Live(task, owner, dispatcher)
+        self._changes.append((live, None))
+        return task
+
+    def _get(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
+        live = self._live.get(task_id)
+        if live is not None:
+            return live.task if live.owner == owner else None
+        row = self._db.execute("SELECT body FROM tasks WHERE id = ? AND owner = ?", (task_id, owner)).fetchone()
+        return loads(row[0]) if row else None
+
+    def _apply(self, task_id: str, events: Iterable[TaskEvent]) -> Optional[dict[str, Any]]:
+        live = self._live.get(task_id)
+        if live is None:
+            # Ended already (reaped, say): its dispatcher gets the end it must show, not a stale copy.
+            row = self._db.execute("SELECT body FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return loads(row[0]) if row else None
+        self._change(live, events)
+        return live.task
+
+    def _cancel(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
+        live = self._live.get(task_id)
+        if live is None or live.owner != owner or live.task["status"] >= TaskStatus.CANCELLING:
+            return self._get(task_id, owner)
+        task = _draft(live.task)
+        task["status"] = int(TaskStatus.CANCELLING)
+        task["events"].append(_status_event(TaskStatus.CANCELLING))
+        self._commit(live, task)
+        return task
+
+    def _change(self, live: _Live, events: Iterable[TaskEvent]) -> bool:
+        """Apply `events` to the live task; whether they changed it."""
+        task = _draft(live.task)
+        changed = False
+        for event in events:
+            changed |= _apply_one(task, event)
+        if changed:
+            self._commit(live, task)
+        return changed
+
+    def _commit(self, live: _Live, task: dict[str, Any]) -> None:
+        """Make `task`, a changed draft of the live one, the live one once SQLite has taken it."""
+        task["updated_at"] = now_iso()
         self._save(task, live.owner, live.dispatcher)
-        live.changed.set()
-        live.changed = asyncio.Event()
-        if TaskStatus(task["status"]).is_terminal:
-            # Waiters hold their own reference; later reads come from disk.
-            self._live.pop(task["id"], None)
+        self._changes.append((live, live.task))
+        live.task = task
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._undo()
+            raise
+        self._publish()
+
+    def _undo(self) -> None:
+        """Memory back to what the disk has, after a transaction that did not commit."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        changes, self._changes = self._changes, []
+        for live, before in reversed(changes):
+            if before is None:
+                self._live.pop(live.task["id"], None)
+            else:
+                live.task = before
+
+    def _publish(self) -> None:
+        """Show a committed transaction's changes: wake watchers, pass cancels on to heartbeats."""
+        changes, self._changes = self._changes, []
+        for live, before in changes:
+            if before is None:
+                continue  # created: nobody watches it yet
+            status = TaskStatus(live.task["status"])
+            if status == TaskStatus.CANCELLING and before["status"] != status and live.dispatcher is not None:
+                self._cancels.setdefault(live.dispatcher, set()).add(live.task["id"])
+            live.version += 1
+            live.changed.set()
+            live.changed = asyncio.Event()
+            if status.is_terminal:
+                # Waiters hold their own reference; later reads come from disk.
+                self._live.pop(live.task["id"], None)
 
     def _save(self, task: dict[str, Any], owner: str, dispatcher: Optional[str]) -> None:
         stamp = time.time()
@@ -243,6 +290,38 @@ class TaskStore:
             "ON CONFLICT(id) DO UPDATE SET status = excluded.status, updated = excluded.updated, body = excluded.body",
             (task["id"], owner, task["status"], stamp, stamp, dispatcher, dumps(task).decode()),
         )
+
+
+def _draft(task: dict[str, Any]) -> dict[str, Any]:
+    """A copy to change: the lists a change appends to are copied, their entries (never changed) shared."""
+    return {**task, "logs": list(task["logs"]), "events": list(task["events"])}
+
+
+def _apply_one(task: dict[str, Any], event: TaskEvent) -> bool:
+    current = TaskStatus(task["status"])
+    if current.is_terminal:
+        return False
+    if isinstance(event, Log):
+        task["logs"].append(_log_entry(task["id"], len(task["logs"]), event.text, event.at))
+        return True
+    if isinstance(event, Output):
+        task["output"] = event.output
+        return True
+    if current == TaskStatus.CANCELLING and not isinstance(event, TERMINAL_EVENTS):
+        return False  # an acknowledged cancel ends CANCELLED: an Uploading that raced it does not move it on
+    if current == TaskStatus.CANCELLING and isinstance(event, (Completed, Failed)):
+        event = Cancelled(at=event.at)  # a cancel asked for wins over a result that raced it
+    if isinstance(event, Completed):
+        task["output"] = event.output
+    elif isinstance(event, Failed):
+        task["error"] = event.error
+    elif isinstance(event, Cancelled):
+        task["error"] = task["error"] or event.reason
+    if event.status is None or event.status <= current:
+        return False
+    task["status"] = int(event.status)
+    task["events"].append(_status_event(event.status, event.at))
+    return True
 
 
 def _status_event(status: TaskStatus, stamp: Optional[float] = None) -> dict[str, Any]:

@@ -4,13 +4,20 @@ Every write is a call to the store's actor, and at 32 concurrent clients most of
 cost was those calls' own overhead. Writes go out one batch at a time: while a batch is
 in flight the next one gathers, then goes as one call and one SQLite transaction (group
 commit). A caller still waits for its own write to be on disk, so nothing acknowledged
-is lost; an idle ingress sends each write at once.
+is lost; an idle ingress sends each write at once. A write the store refused raises what
+the store raised; one whose call failed as a whole raises StoreUnavailable, and may be
+sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any, Optional
+
+
+class StoreUnavailable(Exception):
+    """The store's call failed as a whole (the store restarting or unreachable, or its transaction not
+    committed): the write was not refused, and sending it again later may succeed."""
 
 
 class StoreWrites:
@@ -41,7 +48,7 @@ class StoreWrites:
             try:
                 results = await self._store.write([(op, args) for op, args, _ in batch])
             except Exception as exc:  # the whole call failed: each writer hears it
-                results = [exc] * len(batch)
+                results = [_unavailable(exc) for _ in batch]
             for (_, _, done), result in zip(batch, results):
                 if done.done():
                     continue
@@ -49,3 +56,9 @@ class StoreWrites:
                     done.set_exception(result)
                 else:
                     done.set_result(result)
+
+
+def _unavailable(cause: Exception) -> StoreUnavailable:
+    unavailable = StoreUnavailable(f"the task store could not take the write ({type(cause).__name__}: {cause})")
+    unavailable.__cause__ = cause
+    return unavailable

@@ -153,9 +153,10 @@ def test_an_app_holding_its_limit_of_unfinished_tasks_refuses_more_with_429(apps
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
         problem = refused.json()
         assert problem["type"].endswith("/rate_limited") and "max_queued_tasks" in problem["detail"]
-        in_session = (await client.post("/apps/run", json={"app": "counting:shout", "input": {"text": "s"},
-                                                          "session": "new"})).json()["data"]
-        assert (await wait_terminal(client, in_session["id"]))["status"] == TaskStatus.COMPLETED  # sessions aside
+        in_session = await client.post("/apps/run", json={"app": "counting:shout", "input": {"text": "s"},
+                                                         "session": "new"})
+        assert in_session.status_code == 429 and in_session.headers["retry-after"] == "1"  # sessions count too
+        assert (await client.get("/sessions")).json()["data"] == []  # refused before one was opened
         await client.post(f"/tasks/{slow[0]['id']}/cancel")
         await wait_terminal(client, slow[0]["id"])
         taken = await client.post("/apps/run", json={"app": "counting:shout", "input": {"text": "y"}})
@@ -220,15 +221,15 @@ def test_a_task_that_cannot_be_recorded_is_refused_and_its_call_cancelled(apps, 
     import lifecycle
 
     async def body(client):
-        create = client.store.create
+        write = client.store.write
 
-        async def slow_create(*args):
+        async def slow_write(ops):
             await asyncio.sleep(0.3)  # the call has started meanwhile
             raise RuntimeError("the task store is down")
 
-        client.store.create = slow_create
+        client.store.write = slow_write
         refused = await client.post("/apps/run", json={"app": "counting:slow", "input": {"text": "z"}})
-        client.store.create = create
+        client.store.write = write
         after = await client.post("/apps/run", json={"app": "counting", "input": {"text": "y"}})
         return refused, await wait_terminal(client, after.json()["data"]["id"])
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 
 from inferencesh_ray.dispatch import Dispatcher
-from inferencesh_ray.events import Completed, Log, Running
+from inferencesh_ray.events import Completed, Log, Running, Uploading
 from inferencesh_ray.host import Call
 from inferencesh_ray.recent import RecentTasks
 from inferencesh_ray.status import TaskStatus
@@ -14,12 +15,14 @@ from inferencesh_ray.writes import StoreWrites
 
 
 class CountingStore:
-    """The real store, counting the calls that would cross to its actor, each taking `delay`."""
+    """The real store, counting the calls that would cross to its actor, each taking `delay`; its
+    answers are copies, as they are across an actor call. While `down`, writes fail as a whole."""
 
-    def __init__(self, path, delay: float = 0.0) -> None:
-        self._store = TaskStore(str(path))
+    def __init__(self, path, delay: float = 0.0, **options) -> None:
+        self._store = TaskStore(str(path), **options)
         self.calls: list[str] = []
         self.applied: list[int] = []
+        self.down = False
         self._delay = delay
 
     def __getattr__(self, name):
@@ -30,7 +33,9 @@ class CountingStore:
             if name == "write":
                 self.applied += [len(op_args[1]) for op, op_args in args[0] if op == "apply"]
             await asyncio.sleep(self._delay)
-            return await method(*args)
+            if name == "write" and self.down:
+                raise ConnectionError("the task store's actor is restarting")
+            return copy.deepcopy(await method(*args))
 
         return call
 
@@ -120,31 +125,98 @@ def test_concurrent_writes_share_one_store_call_and_each_gets_its_own_answer(tmp
 def test_events_the_store_refuses_end_the_task_failed_not_running(tmp_path):
     async def backend(call, setup_key):
         yield Running()
-        yield Completed({"unstorable": True})
-
-    class RefusingStore(CountingStore):
-        def __getattr__(self, name):
-            call = super().__getattr__(name)
-
-            async def refusing(*args):
-                if name == "write" and any(op == "apply" and any(isinstance(e, Completed) for e in op_args[1])
-                                           for op, op_args in args[0]):
-                    raise ValueError("cannot store this")
-                return await call(*args)
-
-            return refusing
+        yield Completed({"unstorable": object()})
 
     async def main():
-        dispatcher = Dispatcher(RefusingStore(tmp_path / "t.db"), {"app": backend})
+        dispatcher = Dispatcher(CountingStore(tmp_path / "t.db"), {"app": backend})
         task = await dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}})
         while dispatcher._running:
             await asyncio.sleep(0.01)
         await dispatcher.close()
-        return await dispatcher.store.get(task["id"], "me")
+        return await dispatcher.store.get(task["id"], "me"), await dispatcher.tasks.get(task["id"], "me")
 
-    stored = asyncio.run(main())
-    assert stored["status"] == TaskStatus.FAILED
-    assert stored["error"] == "the server could not record this task's progress (ValueError); submit it again"
+    stored, shown = asyncio.run(main())
+    assert stored["status"] == shown["status"] == TaskStatus.FAILED
+    assert stored["error"] == "the server could not record this task's progress (TypeError); submit it again"
+
+
+def held_backend():
+    """A backend whose task runs until the event is set, then completes."""
+    ended = asyncio.Event()
+
+    async def backend(call, setup_key):
+        yield Running()
+        await ended.wait()
+        yield Completed({"ok": True})
+
+    return ended, backend
+
+
+def test_a_passing_store_outage_loses_no_result_and_leaves_no_task_running(tmp_path):
+    ended, backend = held_backend()
+
+    async def main():
+        store = CountingStore(tmp_path / "t.db")
+        dispatcher = Dispatcher(store, {"app": backend}, heartbeat_s=0.05)
+        task = await dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}})
+        while (await dispatcher.tasks.get(task["id"], "me"))["status"] != TaskStatus.RUNNING:
+            await asyncio.sleep(0.01)
+        store.down = True
+        ended.set()  # its end is written, and fails, while the store is down
+        await asyncio.sleep(0.2)
+        store.down = False
+        while dispatcher._running:
+            await asyncio.sleep(0.01)
+        await dispatcher.close()
+        return await store.get(task["id"], "me"), await dispatcher.tasks.get(task["id"], "me")
+
+    stored, shown = asyncio.run(main())
+    assert stored["status"] == shown["status"] == TaskStatus.COMPLETED and stored["output"] == {"ok": True}
+
+
+def test_a_task_the_store_ended_first_shows_its_end_on_the_ingress(tmp_path):
+    ended, backend = held_backend()
+
+    async def main():
+        store = CountingStore(tmp_path / "t.db", lease_s=0.2)
+        dispatcher = Dispatcher(store, {"app": backend}, heartbeat_s=0.05)
+        task = await dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}})
+        await asyncio.sleep(0.1)
+        dispatcher._heartbeat.cancel()  # its lease runs out (a stalled loop, say)
+        await asyncio.sleep(0.3)
+        await store.reap()
+        ended.set()
+        while dispatcher._running:
+            await asyncio.sleep(0.01)
+        shown = await dispatcher.tasks.get(task["id"], "me")
+        await dispatcher.close()
+        return shown
+
+    shown = asyncio.run(main())
+    assert shown["status"] == TaskStatus.FAILED and "stopped before it finished" in shown["error"]
+
+
+def test_a_cancel_taken_for_another_ingress_shows_its_end_there_too(tmp_path):
+    async def backend(call, setup_key):
+        yield Running()
+        await asyncio.sleep(30)
+
+    async def main():
+        store = CountingStore(tmp_path / "t.db")
+        running, taking = (Dispatcher(store, {"app": backend}, heartbeat_s=0.05) for _ in range(2))
+        task = await running.submit("me", backend, Call("run", {}), "", {"input": {}})
+        cancelling = await taking.cancel(task["id"], "me")
+        while running._running:  # its heartbeat brings the cancel
+            await asyncio.sleep(0.01)
+        shown = await taking.tasks.get(task["id"], "me")
+        watched = await asyncio.wait_for(taking.tasks.watch(task["id"], "me", 10**6, 5.0), 1.0)  # ended: no wait
+        await running.close()
+        await taking.close()
+        return cancelling, shown, watched[1]
+
+    cancelling, shown, watched = asyncio.run(main())
+    assert cancelling["status"] == TaskStatus.CANCELLING
+    assert shown["status"] == watched["status"] == TaskStatus.CANCELLED
 
 
 def test_a_record_that_fails_cancels_the_call_even_when_nobody_awaits_submit(tmp_path):
@@ -234,3 +306,29 @@ def test_a_task_cancelled_before_its_call_starts_frees_its_place_in_the_queue(tm
         return again
 
     assert asyncio.run(main())["id"]  # taken, not Saturated
+
+
+def test_a_cancel_that_comes_once_outputs_upload_lets_the_task_finish(tmp_path):
+    uploaded = asyncio.Event()
+
+    async def backend(call, setup_key):
+        yield Running()
+        yield Uploading()
+        await uploaded.wait()
+        yield Completed({"file": "done"})
+
+    async def main():
+        dispatcher = Dispatcher(CountingStore(tmp_path / "t.db"), {"app": backend})
+        task = await dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}})
+        while (await dispatcher.tasks.get(task["id"], "me"))["status"] != TaskStatus.UPLOADING:
+            await asyncio.sleep(0.01)
+        answer = await dispatcher.cancel(task["id"], "me")
+        uploaded.set()
+        while dispatcher._running:
+            await asyncio.sleep(0.01)
+        await dispatcher.close()
+        return answer, await dispatcher.store.get(task["id"], "me")
+
+    answer, done = asyncio.run(main())
+    assert answer["status"] == TaskStatus.UPLOADING  # as it is: too late to stop
+    assert done["status"] == TaskStatus.COMPLETED and done["output"] == {"file": "done"}

@@ -8,6 +8,7 @@ import json
 import pytest
 from helpers import run_api, wait_terminal
 
+from inferencesh_ray.sessions import SessionRegistry
 from inferencesh_ray.status import TaskStatus
 
 KEYS = ("key-a", "key-b")
@@ -184,6 +185,50 @@ def test_the_number_of_live_sessions_is_bounded(apps, tmp_path, lifecycle):
     assert allowed
 
 
+def test_calls_into_a_session_count_toward_the_apps_queue_limit(apps, tmp_path, lifecycle):
+    async def body(client):
+        session, _ = await open_session(client)
+        held = [await call(client, name, session, delay=0.3) for name in "ab"]
+        into_session = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "x"},
+                                                           "session": session}, headers=A)
+        into_new = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "y"}, "session": "new"},
+                                     headers=A)
+        sessions = (await client.get("/sessions", headers=A)).json()["data"]
+        for task in held:
+            await wait_terminal(client, task["id"], A)
+        return into_session, into_new, sessions, await result(client, "c", session)
+
+    into_session, into_new, sessions, after = scenario(apps, tmp_path, body, max_queued_tasks=2)
+    for refused in (into_session, into_new):
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert "max_queued_tasks" in refused.json()["detail"]
+    assert [view["call_count"] for view in sessions] == [3]  # refused before a session was joined or opened
+    assert after["output"]["history"] == ["first", "a", "b", "c"]
+
+
+def test_a_call_refused_for_room_once_admitted_does_not_pin_its_session_open(apps, tmp_path, lifecycle, monkeypatch):
+    from inferencesh_ray.sessions import SessionRegistry
+
+    async def body(client):
+        open_ = SessionRegistry.open
+
+        async def open_while_the_queue_fills(self, *args):
+            plain = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "p", "delay": 3}},
+                                      headers=A)
+            assert plain.status_code == 200
+            return await open_(self, *args)
+
+        monkeypatch.setattr(SessionRegistry, "open", open_while_the_queue_fills)
+        refused = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "x"}, "session": "new",
+                                                      "session_timeout": 1}, headers=A)
+        await asyncio.sleep(1.6)
+        return refused, (await client.get("/sessions", headers=A)).json()["data"]
+
+    refused, sessions = scenario(apps, tmp_path, body, max_queued_tasks=1)
+    assert refused.status_code == 429
+    assert [view["status"] for view in sessions] == ["expired"]  # the call that never ran did not hold it open
+
+
 def test_a_lost_worker_ends_its_session_and_fails_the_call(apps, tmp_path, lifecycle):
     async def body(client):
         session, _ = await open_session(client)
@@ -204,10 +249,10 @@ def test_a_call_that_cannot_be_recorded_does_not_pin_its_session_open(apps, tmp_
     async def body(client):
         session, _ = await open_session(client, timeout=1)
 
-        async def broken(*args):
+        async def broken(ops):
             raise RuntimeError("the task store is down")
 
-        client.store.create = broken
+        client.store.write = broken
         failed = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "x"}, "session": session},
                                    headers=A)
         await asyncio.sleep(1.6)
@@ -224,17 +269,17 @@ def test_a_call_into_a_known_session_is_admitted_while_its_task_is_created(apps,
     async def body(client):
         session, _ = await open_session(client)
         creating = asyncio.Event()
-        create, begin_call = client.store.create, SessionRegistry.begin_call
+        write, begin_call = client.store.write, SessionRegistry.begin_call
 
-        async def noted_create(*args):
+        async def noted_write(ops):
             creating.set()
-            return await create(*args)
+            return await write(ops)
 
         async def begin_call_once_creating(self, *args):
             await asyncio.wait_for(creating.wait(), 5)  # one after the other, this never comes
             return await begin_call(self, *args)
 
-        client.store.create = noted_create
+        client.store.write = noted_write
         monkeypatch.setattr(SessionRegistry, "begin_call", begin_call_once_creating)
         return await result(client, "second", session)
 
@@ -262,3 +307,28 @@ def test_a_refused_call_into_a_known_session_leaves_no_task_open(apps, tmp_path,
     assert refused == [410, 410]
     assert [task["status"] for task in tasks] == [TaskStatus.COMPLETED, TaskStatus.FAILED]  # the second made none
     assert "has expired" in tasks[1]["error"]
+
+
+class _NoWorkers:
+    async def start(self, session_id, spec) -> str:
+        return f"worker-{session_id}"
+
+    async def release(self, session_id) -> None:
+        pass
+
+
+def test_sessions_ended_longer_ago_than_the_retention_are_forgotten(tmp_path):
+    """As old tasks are pruned: `GET /sessions` used to list every session an owner ever had."""
+
+    async def body():
+        registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), _NoWorkers(), retention_s=0.5, reap_every_s=3600)
+        old, recent, live = [(await registry.open("o", "app", "latest", 60, None))["id"] for _ in range(3)]
+        await registry.end(old, "o")
+        await asyncio.sleep(0.6)
+        await registry.end(recent, "o")
+        assert [s["id"] for s in await registry.list("o")] == [old, recent, live]
+        await registry.reap()
+        assert [(s["id"], s["status"]) for s in await registry.list("o")] == [(recent, "ended"), (live, "active")]
+        assert await registry.get(old, "o") is None
+
+    asyncio.run(body())

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 
-from inferencesh_ray.events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp
+import pytest
+
+from inferencesh_ray.events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp, Uploading
 from inferencesh_ray.status import TaskStatus
 from inferencesh_ray.store import TaskStore, stream_view
 
@@ -88,6 +91,74 @@ def test_cancel_queued_running_and_cancel_wins_over_late_result(tmp_path):
     assert cancelling["status"] == TaskStatus.CANCELLING
     assert done["status"] == TaskStatus.CANCELLED and done["output"] is None
     assert other is None
+
+
+def test_a_cancel_never_moves_a_task_back_and_one_acknowledged_ends_cancelled(tmp_path):
+    async def main():
+        store = TaskStore(str(tmp_path / "t.db"))
+        uploading = await store.create("me", {}, "d1")
+        await store.apply(uploading["id"], [Running(), Uploading()])
+        too_late = await store.cancel(uploading["id"], "me")  # past stopping: it finishes
+        to_stop = await store.heartbeat("d1")
+        await store.apply(uploading["id"], [Completed({"ok": 1})])
+        raced = await store.create("me", {}, "d1")
+        await store.apply(raced["id"], [Running()])
+        await store.cancel(raced["id"], "me")
+        await store.apply(raced["id"], [Uploading(), Completed({"ok": 2})])  # in flight when the cancel landed
+        return too_late, to_stop, await store.get(uploading["id"], "me"), await store.get(raced["id"], "me")
+
+    too_late, to_stop, finished, cancelled = asyncio.run(main())
+    assert too_late["status"] == TaskStatus.UPLOADING and [e["status"] for e in too_late["events"]] == [1, 2, 7, 9]
+    assert to_stop == []
+    assert finished["status"] == TaskStatus.COMPLETED and finished["output"] == {"ok": 1}
+    assert [e["status"] for e in cancelled["events"]] == [1, 2, 7, 8, 12] and cancelled["output"] is None
+
+
+class FailingDb:
+    """A SQLite connection whose statements starting with `failing` fail, as on a full disk."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db, self.failing = db, None
+
+    def execute(self, sql, *args):
+        if self.failing and sql.startswith(self.failing):
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+@pytest.mark.parametrize("failing", ["INSERT", "COMMIT"])
+def test_a_write_that_fails_changes_nothing_in_memory(tmp_path, failing):
+    async def main():
+        store = TaskStore(str(tmp_path / "t.db"))
+        db = store._db = FailingDb(store._db)
+        task = await store.create("me", {"input": {}}, "d1")
+        await store.write([("apply", (task["id"], [Running()]))])
+        version, _ = await store.watch(task["id"], "me", -1, 0)
+        watching = asyncio.create_task(store.watch(task["id"], "me", version, 5.0))
+        db.failing = failing
+        try:
+            results = await store.write([("apply", (task["id"], [Completed({"x": 1})])),
+                                         ("cancel", (task["id"], "me")), ("create", ("me", {}, "d1", "new-task"))])
+        except sqlite3.OperationalError as exc:
+            results = exc
+        db.failing = None
+        after = await store.get(task["id"], "me"), await store.get("new-task", "me"), watching.done()
+        cancels = await store.heartbeat("d1")  # a cancel that did not happen is not passed on
+        fallback = (await store.write([("apply", (task["id"], [Failed("could not record")]))]))[0]
+        await watching
+        return results, after, cancels, fallback, await TaskStore(str(tmp_path / "t.db")).get(task["id"], "me")
+
+    results, (kept, created, woken), cancels, fallback, reloaded = asyncio.run(main())
+    if failing == "INSERT":  # each write failed alone
+        assert all(isinstance(result, sqlite3.OperationalError) for result in results)
+    else:  # the transaction failed: so did the whole write
+        assert isinstance(results, sqlite3.OperationalError)
+    assert kept["status"] == TaskStatus.RUNNING and kept["output"] is None and created is None
+    assert not woken and cancels == []
+    assert fallback["status"] == reloaded["status"] == TaskStatus.FAILED
 
 
 def test_watch_wakes_on_change_and_times_out(tmp_path):
