@@ -30,6 +30,7 @@ from .client import (
     inference,
     parse_status,
 )
+from .client._tasks import strip_task
 from .status import TaskStatus
 
 Handler = Callable[[argparse.Namespace], int]
@@ -170,15 +171,22 @@ class TaskView:
     def result(self, task: dict[str, Any]) -> None:
         pass
 
+    def failed(self, task: dict[str, Any]) -> None:
+        """The task ended FAILED, CANCELLED or REJECTED (its error line follows on stderr)."""
+
     def pause(self) -> None:
         """Stop drawing (before a prompt or an error line)."""
 
 
 class JsonLines(TaskView):
-    """Every update, one JSON object per line on stdout, as it arrives."""
+    """Every update, one JSON object per line on stdout, as it arrives; the last is the terminal one."""
 
     def update(self, update: dict[str, Any]) -> None:
         print(json.dumps(update), flush=True)
+
+    def failed(self, task: dict[str, Any]) -> None:
+        # The client raises instead of yielding this update; a pipeline still needs to see the end, and why.
+        self.update({**strip_task(task), "error": task.get("error")})
 
 
 class LiveProgress(TaskView):
@@ -285,6 +293,9 @@ def _wait(client: Inference, task_id: str, timeout: Optional[float], view: TaskV
             assert stream.result is not None  # the stream ends only at COMPLETED; otherwise it raised
             view.result(stream.result)
             return 0
+        except TaskError as exc:
+            view.failed(exc.task)
+            raise
         except KeyboardInterrupt:
             view.pause()
             answer = _ask_to_cancel(task_id)

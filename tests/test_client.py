@@ -37,7 +37,7 @@ from inferencesh_ray import (
     inference,
 )
 from inferencesh_ray.client import Response
-from inferencesh_ray.client._files import DiskWriter, uploads_in, with_uris
+from inferencesh_ray.client._files import DiskWriter, download_target, uploads_in, with_uris
 from inferencesh_ray.client._stream import HEARTBEAT, StreamOptions, TaskWatch, parse_line
 
 KEY = "test-key"
@@ -665,6 +665,7 @@ def test_input_walk_uploads_files_data_and_base64_and_leaves_the_rest(tmp_path):
         "nested": [{"mask": "data:image/png;base64,eA=="}, (b64, "hello")],
         "file": File(path=str(picture), filename="named.png"),
         "remote": File("https://example.com/a.png"),
+        "plain_data": File(uri="data:,plain"),  # not base64: the server takes it as it is
         "plain": ["short", ".", str(tmp_path), "https://example.com/b.png", 3, None, "data: a text", "data:,x"],
     }
     pending = uploads_in(value)
@@ -676,8 +677,20 @@ def test_input_walk_uploads_files_data_and_base64_and_leaves_the_rest(tmp_path):
         "nested": [{"mask": "https://files.test/1"}, ["https://files.test/2", "hello"]],
         "file": "https://files.test/3",
         "remote": "https://example.com/a.png",
+        "plain_data": "data:,plain",
         "plain": ["short", ".", str(tmp_path), "https://example.com/b.png", 3, None, "data: a text", "data:,x"],
     }
+
+
+@pytest.mark.parametrize("filename, uri, saved", [
+    ("../../evil.txt", "https://s.test/files/f/x", "evil.txt"),
+    (".", "https://s.test/files/f/report.pdf", "report.pdf"),  # "." and ".." name no file: the URI's name, then "download"
+    ("..", "https://s.test/files/f/%2e%2e", "download"),
+    (None, "https://s.test/files/f/a%2Fb.png", "b.png"),
+    ("dir\\name.png", "https://s.test/files/f/x", "name.png"),
+])
+def test_a_download_lands_in_its_directory_whatever_name_the_server_gives(tmp_path, filename, uri, saved):
+    assert download_target(tmp_path, uri, filename) == tmp_path / saved
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

@@ -100,6 +100,14 @@ def test_run_stream_prints_one_json_line_per_update(server):
     assert statuses == sorted(statuses) and statuses[-1] == TaskStatus.COMPLETED and len(updates) >= 3
 
 
+def test_a_stream_ends_with_the_terminal_update_of_a_failed_task_too(server):
+    """A `| jq .status` pipeline sees FAILED (it used to see no line at all), with the error."""
+    result = cli(server.url, "app", "run", "counting:boom", "-i", '{"text": "x"}', "--stream")
+    assert result.returncode == 1 and "failed: RuntimeError: boom: x" in result.stderr
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["status"] == TaskStatus.FAILED and last["error"] == "RuntimeError: boom: x"
+
+
 @pytest.mark.parametrize(
     "args, code, message",
     [

@@ -198,7 +198,7 @@ def _pending(value: Any) -> Optional[PendingUpload]:
             return PendingUpload(value)
         return None
     if isinstance(value, File):
-        source = value.path or (value.uri if value.uri and value.uri.startswith("data:") else None)
+        source = value.path or (value.uri if value.uri and _DATA_URI.match(value.uri) else None)
         return PendingUpload(source, value.filename, value.content_type) if source else None
     return None
 
@@ -234,10 +234,16 @@ def download_target(dest: Union[str, "os.PathLike[str]"], uri: str, filename: Op
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
     target.mkdir(parents=True, exist_ok=True)
-    name = os.path.basename(filename or "")
+    name = _usable_name(filename or "")
     if not name and not uri.startswith("data:"):
-        name = os.path.basename(unquote(urlparse(uri).path))
+        name = _usable_name(unquote(urlparse(uri).path))
     return target / (name or "download")
+
+
+def _usable_name(path: str) -> str:
+    """The last part of `path` as a file name in a directory, or "" when it names none ("." or "..")."""
+    name = os.path.basename(path.replace("\\", "/"))
+    return "" if name in (".", "..") else name
 
 
 def data_uri_bytes(uri: str) -> bytes:
