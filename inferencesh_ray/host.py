@@ -140,6 +140,8 @@ class AppHost:
         self._idle = asyncio.Event()
         self._idle.set()
         self._active = 0
+        # Sync app code still running in a thread whose call was cancelled: a thread cannot be stopped.
+        self._threads: set[asyncio.Future] = set()
         self._schemas: dict[type, dict] = {}
 
     @classmethod
@@ -224,7 +226,7 @@ class AppHost:
     async def close(self) -> None:
         """Run `unload` if the app is set up; the host can set up again afterwards."""
         async with self._gate:
-            await self._idle.wait()
+            await self._quiet()
             await self._unload()
 
     async def _serve(self, call: Call, emit: Callable[[Any], None]) -> None:
@@ -261,7 +263,7 @@ class AppHost:
         """
         async with self._gate:
             if self._setup_key != config.key:
-                await self._idle.wait()
+                await self._quiet()
                 emit(SettingUp())
                 await self._unload()
                 await self._setup(config, metadata)
@@ -273,6 +275,13 @@ class AppHost:
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
+
+    async def _quiet(self) -> None:
+        """Until no call holds the instance, and no cancelled call's thread still runs in it:
+        `unload` or another `setup` must not pull the instance from under app code."""
+        await self._idle.wait()
+        while self._threads:
+            await asyncio.wait(set(self._threads))
 
     async def _setup(self, config: SetupConfig, metadata: Metadata) -> None:
         if self._app is None:
@@ -286,7 +295,7 @@ class AppHost:
         args = ([config.value] if spec.takes_config else []) + ([metadata] if spec.takes_metadata else [])
         setup = getattr(self._app, "setup", None)
         if setup is not None:  # apps with no base class may have no setup at all
-            await _invoke(setup, args, "setup")
+            await _invoke(setup, args, "setup", self._threads)
         self._setup_key = config.key
 
     async def _unload(self) -> None:
@@ -295,7 +304,7 @@ class AppHost:
         self._setup_key = None
         unload = getattr(self._app, "unload", None)
         if unload is not None:
-            await _invoke(unload, [], "unload")
+            await _invoke(unload, [], "unload", self._threads)
 
     async def _call_function(
         self,
@@ -334,7 +343,7 @@ class AppHost:
                 emit_all(Running())
                 kwargs = {"metadata": [member.metadata for member in members]} if function.takes_metadata else {}
                 values = [member.value for member in members]
-                outputs = await _invoke(getattr(app, function.name), [values], function.name, **kwargs)
+                outputs = await _invoke(getattr(app, function.name), [values], function.name, self._threads, **kwargs)
         return _batch_outcomes(function, outputs, len(members))
 
     async def _call(
@@ -343,7 +352,7 @@ class AppHost:
         method = getattr(self._app, function.name)
         kwargs = {"metadata": metadata} if function.takes_metadata else {}
         if function.call_kind != "generator":
-            return await _invoke(method, [value], function.name, **kwargs)
+            return await _invoke(method, [value], function.name, self._threads, **kwargs)
         last = None
         try:
             async for snapshot in method(value, **kwargs):
@@ -448,12 +457,19 @@ def config_key(config: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-async def _invoke(method: Callable, args: list, what: str, **kwargs: Any) -> Any:
-    """Call app code, sync (in a thread) or async; its exceptions become AppCodeError."""
+async def _invoke(method: Callable, args: list, what: str, threads: set[asyncio.Future], **kwargs: Any) -> Any:
+    """Call app code, sync (in a thread) or async; its exceptions become AppCodeError.
+
+    A cancel cannot stop a thread: a sync call's thread stays in `threads` until it returns,
+    while the call itself ends at once (its result is dropped).
+    """
     try:
         if inspect.iscoroutinefunction(method):
             return await method(*args, **kwargs)
-        result = await asyncio.to_thread(_sync_call, method, args, kwargs, what)
+        thread = asyncio.ensure_future(asyncio.to_thread(_sync_call, method, args, kwargs, what))
+        threads.add(thread)
+        thread.add_done_callback(_forget(threads))
+        result = await asyncio.shield(thread)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -462,6 +478,15 @@ async def _invoke(method: Callable, args: list, what: str, **kwargs: Any) -> Any
     except Exception as exc:
         prefix = f"{what} failed: " if what in ("setup", "unload") else ""
         raise AppCodeError(prefix + describe(exc), app_traceback(exc)) from exc
+
+
+def _forget(threads: set[asyncio.Future]) -> Callable[[asyncio.Future], None]:
+    def done(thread: asyncio.Future) -> None:
+        threads.discard(thread)
+        if not thread.cancelled():
+            thread.exception()  # retrieved: a cancelled call's failure is dropped, not logged as unhandled
+
+    return done
 
 
 def _sync_call(method: Callable, args: list, kwargs: dict[str, Any], what: str) -> Any:

@@ -160,6 +160,26 @@ def test_cancel_cancels_the_function_and_the_host_serves_on(counting):
     assert after == Completed({"text": "y", "mode": "a"})
 
 
+def test_a_cancelled_sync_call_ends_at_once_but_its_instance_is_not_unloaded_under_its_thread(counting):
+    """The thread of a cancelled sync call runs on: another config's unload and setup (and close's
+    unload) wait for it. They used to run while it still used the instance."""
+    app_cls, lifecycle = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        seen = await cancel_once_started(host, Call("blocking", {"text": "old", "times": 3}), lifecycle,
+                                         "blocking:start:old")
+        cancelled_while_running = "blocking:end:old" not in lifecycle
+        after = await events_of(host, Call("run", {"text": "new"}, {"mode": "b"}))
+        await host.close()
+        return seen, cancelled_while_running, after[-1]
+
+    seen, cancelled_while_running, after = asyncio.run(scenario())
+    assert Running() in seen and cancelled_while_running
+    assert lifecycle == ["setup:a", "blocking:start:old", "blocking:end:old", "unload:a", "setup:b", "unload:b"]
+    assert after == Completed({"text": "new", "mode": "b"})
+
+
 def test_config_switch_waits_for_running_calls(counting):
     app_cls, lifecycle = counting
 
