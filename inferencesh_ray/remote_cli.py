@@ -42,7 +42,7 @@ def add_commands(commands: Any, app_commands: Any) -> None:
     server.add_argument("--base-url", help=f"the server, e.g. http://127.0.0.1:8000 (default ${BASE_URL_ENV})")
     server.add_argument("--api-key", help=f"API key to send (default ${API_KEY_ENV}; a server without keys needs none)")
     waiting = argparse.ArgumentParser(add_help=False)
-    waiting.add_argument("--timeout", type=float, help="stop waiting after this many seconds (the task keeps running)")
+    waiting.add_argument("--timeout", type=_seconds, help="stop waiting after this many seconds (the task keeps running)")
 
     run = app_commands.add_parser("run", parents=[server, waiting], help="run a function on a server and print its output")
     run.add_argument("app", metavar="APP", help="the app: name[@version][:function]")
@@ -96,6 +96,16 @@ def _remote(handler: Handler) -> Handler:
             return 1
 
     return run
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return value
 
 
 def _client(args: argparse.Namespace) -> Inference:

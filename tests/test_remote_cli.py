@@ -117,6 +117,7 @@ def test_a_stream_ends_with_the_terminal_update_of_a_failed_task_too(server):
         (["app", "run", "counting", "-i", "{nope"], 2, "error: --input is not valid JSON"),
         (["app", "run", "counting", "-i", "[1]"], 2, "error: --input must be a JSON object"),
         (["app", "run", "counting:slow", "-i", '{"text": "t"}', "--timeout", "0.5"], 1, "did not finish within 0.5 s"),
+        (["app", "run", "counting", "--timeout", "-5"], 2, "--timeout: expected a number of seconds above 0, got '-5'"),
         (["task", "get", "no-such-task"], 1, "error: HTTP 404: no task 'no-such-task'"),
         (["files", "upload", "/no/such/file.png"], 2, "error: no such file: /no/such/file.png"),
         (["task", "get", "x", "--api-key", "wrong"], 1, "error: HTTP 401: invalid API key"),
