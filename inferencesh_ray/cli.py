@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -19,7 +20,7 @@ from .discovery import AppFunction, Discovery
 from .errors import AppCodeError, AppError, InvalidInput
 from .events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp
 from .host import AppHost, Call
-from .loader import DEFAULT_REF, load_app
+from .loader import DEFAULT_REF, LoadedApp, is_module_ref, load_app
 from .schema import functions_schema
 
 
@@ -105,9 +106,13 @@ def read_json_arg(value: Optional[str], flag: str) -> Any:
     text = value
     if value.startswith("@"):
         try:
-            text = Path(value[1:]).read_text()
+            text = Path(value[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"{flag}: cannot read {value[1:]}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise UsageError(
+                f"{flag}: {value[1:]} is not UTF-8 text (byte {exc.start}); save it as UTF-8 JSON"
+            ) from exc
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -146,8 +151,16 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
 
+def _load(ref: str) -> LoadedApp:
+    if is_module_ref(ref) and os.getcwd() not in sys.path and "" not in sys.path:
+        # As under `python -m`: a console script's sys.path lacks the current directory,
+        # so `package.module:Class` would not find a package standing in it.
+        sys.path.insert(0, os.getcwd())
+    return load_app(ref)
+
+
 def _validate(args: argparse.Namespace) -> int:
-    loaded = load_app(args.path)
+    loaded = _load(args.path)
     discovery = AppHost(loaded.app_cls).discovery
     out = sys.stdout
     print(f"app {loaded.name!r}: class {loaded.app_cls.__name__} from {loaded.module.__file__ or args.path}", file=out)
@@ -193,10 +206,13 @@ def _field_names(model: type) -> list[str]:
 
 
 def _schema(args: argparse.Namespace) -> int:
-    loaded = load_app(args.path)
+    loaded = _load(args.path)
     text = json.dumps(functions_schema(AppHost(loaded.app_cls).discovery), indent=2) + "\n"
     if args.output:
-        args.output.write_text(text)
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--output: cannot write {args.output}: {exc.strerror}") from exc
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -206,9 +222,14 @@ def _schema(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     data = read_json_arg(args.input, "--input")
     setup = read_json_arg(args.setup, "--setup")
+    if not isinstance(data, dict):  # as `app run` says: an input is always one object
+        raise UsageError("--input must be a JSON object")
     if setup is not None and not isinstance(setup, dict):
         raise UsageError("--setup must be a JSON object")
-    host = AppHost.load(args.path)
+    loaded = _load(args.path)
+    host = AppHost(loaded.app_cls, app_id=loaded.name)
+    if not host.functions:
+        raise AppError("no functions found (run `infsh-ray app validate --verbose` to see why each method was skipped)")
     function = host.function(args.function)
     host.setup_config(setup)  # a bad config is reported before anything runs
     return asyncio.run(_dev_run(host, Call(function.name, data, setup)))

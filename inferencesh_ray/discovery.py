@@ -3,9 +3,9 @@
 A method is a function when it is public, not `setup`/`unload`, takes exactly one
 input parameter besides `self` (plus an optional trailing `metadata`), and has type
 hints on that input and on its return that are both pydantic models (v2 or
-`pydantic.v1`). Async generators return `AsyncGenerator[Output, None]`; a `@batched`
-function takes `list[Input]` and returns `list[Output]`, and its input and output models
-are the elements'. Every rule is checked for every method, so
+`pydantic.v1`) with a JSON schema. Async generators return `AsyncGenerator[Output, None]`;
+a `@batched` function takes `list[Input]` and returns `list[Output]`, and its input and
+output models are the elements'. Every rule is checked for every method, so
 `infsh-ray app validate --verbose` can say why a method was skipped.
 """
 
@@ -22,6 +22,7 @@ import pydantic
 
 from .batching import BatchSpec, batch_spec
 from .errors import AppError
+from .schema import schema_problem
 
 try:
     from pydantic import v1 as pydantic_v1
@@ -32,6 +33,12 @@ RESERVED = frozenset({"setup", "unload"})
 DEFAULT_FUNCTION = "run"
 # Methods of these modules belong to the framework or to pydantic, never to the app.
 _FRAMEWORK_MODULES = ("builtins", "pydantic", "inferencesh.", "inferencesh_ray.")
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_NOT_POSITIONAL = {
+    inspect.Parameter.KEYWORD_ONLY: "keyword-only",
+    inspect.Parameter.VAR_POSITIONAL: "a *args parameter",
+    inspect.Parameter.VAR_KEYWORD: "a **kwargs parameter",
+}
 
 CallKind = Literal["sync", "async", "generator"]
 
@@ -124,9 +131,14 @@ def _override_batching(functions: dict[str, AppFunction], name: str, settings: A
 
 
 def discover(app_cls: type) -> Discovery:
+    """The app's functions and setup; an AppError when its setup config has no JSON schema."""
     reports = [_inspect_method(app_cls, name) for name in _app_method_names(app_cls)]
     functions = {r.function.name: r.function for r in reports if r.function is not None}
-    return Discovery(functions=functions, reports=reports, setup=inspect_setup(app_cls))
+    setup = inspect_setup(app_cls)
+    # Unlike a function, setup cannot be skipped: the app is served with its config's schema.
+    if setup.model is not None and (problem := schema_problem(setup.model)):
+        raise AppError(f"setup config {problem}")
+    return Discovery(functions=functions, reports=reports, setup=setup)
 
 
 def _is_framework(cls: type) -> bool:
@@ -134,13 +146,16 @@ def _is_framework(cls: type) -> bool:
 
 
 def _app_method_names(app_cls: type) -> list[str]:
-    """Names of callables the app's own classes define, base classes first, in source order."""
+    """Names of callables the app's own classes define, base classes first, in source order.
+
+    Classes are callable but never functions: a nested model, `Input = In`, `_factory = dict`.
+    """
     names: list[str] = []
     for cls in reversed(app_cls.__mro__):
         if _is_framework(cls):
             continue
         for name, value in vars(cls).items():
-            if name.startswith("__") or name in names:
+            if name.startswith("__") or name in names or isinstance(value, type):
                 continue
             if callable(value) or isinstance(value, (staticmethod, classmethod)):
                 names.append(name)
@@ -166,14 +181,17 @@ def _inspect_method(app_cls: type, name: str) -> MethodReport:
     ):
         return report
 
-    params = list(inspect.signature(func).parameters.values())[1:]
+    try:
+        params = list(inspect.signature(func).parameters.values())[1:]
+    except (ValueError, TypeError) as exc:  # a callable attribute such as operator.itemgetter(0)
+        report.check(False, "", f"not a method with a readable signature ({exc})")
+        return report
     takes_metadata = len(params) == 2 and params[1].name == "metadata"
     inputs = params[:1] if takes_metadata else params
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     one_input = report.check(
-        len(inputs) == 1 and inputs[0].kind in positional,
+        len(inputs) == 1 and inputs[0].kind in _POSITIONAL,
         "one input parameter" + (" (+ metadata)" if takes_metadata else ""),
-        f"takes {len(params)} parameters besides self; expected one input (and optionally `metadata`)",
+        _inputs_problem(params, inputs),
     )
     try:
         hints = typing.get_type_hints(func)
@@ -191,7 +209,8 @@ def _inspect_method(app_cls: type, name: str) -> MethodReport:
     output_ok = has_return_hint and report.check(
         output_model is not None, *_output_rule(return_hint, output_model, is_generator, batch)
     )
-    if public and free and one_input and input_ok and output_ok:
+    schemas_ok = input_ok and output_ok and report.check(*_schema_rule(input_model, output_model))
+    if public and free and one_input and schemas_ok:
         kind: CallKind = "generator" if is_generator else "async" if inspect.iscoroutinefunction(func) else "sync"
         report.function = AppFunction(
             name=name,
@@ -203,6 +222,21 @@ def _inspect_method(app_cls: type, name: str) -> MethodReport:
             batch=batch,
         )
     return report
+
+
+def _inputs_problem(params: list[inspect.Parameter], inputs: list[inspect.Parameter]) -> str:
+    """The failed text of the rule on the parameters besides self."""
+    if len(inputs) == 1 and inputs[0].kind not in _POSITIONAL:
+        # The host passes the input positionally: `def run(self, *, data)` could never be called.
+        return f"the input parameter must be positional, and {inputs[0].name!r} is {_NOT_POSITIONAL[inputs[0].kind]}"
+    return f"takes {len(params)} parameters besides self; expected one input (and optionally `metadata`)"
+
+
+def _schema_rule(input_model: type, output_model: type) -> tuple[bool, str, str]:
+    """The rule that both models have a JSON schema: (passed, passed text, failed text)."""
+    problems = [f"{what} model {problem}" for what, model in (("input", input_model), ("output", output_model))
+                if (problem := schema_problem(model))]
+    return not problems, "input and output have JSON schemas", "; ".join(problems)
 
 
 def _input_rule(hint: Any, batch: Optional[BatchSpec]) -> tuple[str, str]:

@@ -3,7 +3,8 @@
 `print`, `sys.stderr.write` and `logging` calls made while a task runs (in its asyncio
 task, or in the thread a sync function runs in, since contextvars follow
 `asyncio.to_thread`) go to that task's sink, line by line. Everything else passes
-through to the real streams.
+through to the real streams, and log records to the handlers configured (to stderr
+when there are none, as Python does).
 """
 
 from __future__ import annotations
@@ -67,6 +68,22 @@ class _SinkHandler(logging.Handler):
         sink = _current.get()
         if sink is not None:
             sink.write(self.format(record) + "\n")
+        elif not _other_handlers(self, record):
+            # Python writes such a record to stderr when no handler is configured; being on
+            # the root logger, this handler would otherwise swallow it (a host's own errors too).
+            last_resort = logging.lastResort
+            if last_resort is not None and record.levelno >= last_resort.level:
+                last_resort.handle(record)
+
+
+def _other_handlers(handler: logging.Handler, record: logging.LogRecord) -> bool:
+    """Whether a handler besides `handler` sees `record`, on its logger or one it propagates to."""
+    logger: "logging.Logger | None" = logging.getLogger(record.name)
+    while logger is not None:
+        if any(other is not handler for other in logger.handlers):
+            return True
+        logger = logger.parent if logger.propagate else None
+    return False
 
 
 def install() -> None:

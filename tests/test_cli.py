@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -156,3 +157,53 @@ def test_a_relative_api_keys_file_is_pinned_when_the_app_is_built(tmp_path, monk
     assert ServeArgs(path="app.py", api_keys_file="keys.txt").api_keys_file == str(tmp_path / "keys.txt")
     with pytest.raises(ValidationError, match="api_keys_file\n.*no such file: nope.txt"):
         ServeArgs(path="app.py", api_keys_file="nope.txt")
+
+
+def test_a_module_reference_resolves_from_the_current_directory_under_the_console_script(tmp_path):
+    (tmp_path / "pkgapp").mkdir()
+    (tmp_path / "pkgapp" / "__init__.py").write_text("")
+    (tmp_path / "pkgapp" / "inference.py").write_text(
+        "from pydantic import BaseModel\n\nclass In(BaseModel):\n    x: int = 0\n\n"
+        "class App:\n    def run(self, data: In) -> In:\n        return data\n"
+    )
+    # A console script's sys.path lacks the current directory, unlike `python -m`'s.
+    script = "import sys; sys.path.pop(0); from inferencesh_ray.cli import main; sys.exit(main())"
+    result = subprocess.run(
+        [sys.executable, "-c", script, "app", "validate", "pkgapp.inference"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "✓ run (default): In -> In" in result.stdout
+
+
+def test_unreadable_files_and_inputs_that_are_no_object_are_usage_errors(tmp_path, apps):
+    utf16 = tmp_path / "input.json"
+    utf16.write_bytes(b"\xff\xfe{\x00}\x00")
+    not_utf8 = cli("app", "dev", str(apps / "counting.py"), "--input", f"@{utf16}")
+    assert not_utf8.returncode == 2
+    assert not_utf8.stderr == f"error: --input: {utf16} is not UTF-8 text (byte 0); save it as UTF-8 JSON\n"
+    unwritable = cli("app", "schema", str(apps / "counting.py"), "-o", str(tmp_path / "no" / "such" / "dir.json"))
+    assert unwritable.returncode == 2
+    assert unwritable.stderr.startswith(f"error: --output: cannot write {tmp_path / 'no' / 'such' / 'dir.json'}: ")
+    a_list = cli("app", "dev", str(apps / "counting.py"), "--input", "[1]")
+    assert (a_list.returncode, a_list.stderr) == (2, "error: --input must be a JSON object\n")  # as `app run` says
+
+
+def test_a_file_without_the_class_is_named_by_its_path(tmp_path):
+    (tmp_path / "inference.py").write_text("class Foo:\n    pass\n")
+    result = cli("app", "validate", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: {tmp_path}: no class 'App' in {tmp_path / 'inference.py'}; ")
+
+
+def test_log_records_made_outside_a_task_still_reach_stderr():
+    # The capture's handler sits on the root logger; a record outside any task (the host's
+    # own "internal error" traceback) used to vanish there when no other handler was set.
+    script = (
+        "import logging; from inferencesh_ray import logs\n"
+        "with logs.capture(lambda line: None):\n    logging.getLogger('app').warning('inside a task')\n"
+        "logging.getLogger('inferencesh_ray.host').error('outside a task')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "outside a task\n"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+import pytest
+from pydantic import BaseModel, ConfigDict
 
 from inferencesh_ray.discovery import SetupSpec, discover, inspect_setup
+from inferencesh_ray.errors import AppError
 from inferencesh_ray.loader import load_app
 
 
@@ -86,3 +88,37 @@ def test_setup_signatures():
     assert inspect_setup(OnlyMetadata) == SetupSpec(takes_config=False, takes_metadata=True, model=None)
     assert inspect_setup(Typed) == SetupSpec(takes_config=True, takes_metadata=False, model=Config)
     assert inspect_setup(Both) == SetupSpec(takes_config=True, takes_metadata=True, model=Config)
+
+
+def test_class_attributes_are_no_functions_and_odd_methods_are_skipped_with_a_reason(apps):
+    discovery, by_name = reports(apps / "odd_attributes.py")
+    assert list(discovery.functions) == ["run"]
+    # Classes (a model alias, a builtin factory) and plain objects are not methods at all.
+    assert set(by_name) == {"pick", "run", "keyword_only", "raw"}
+    [unreadable] = failed(by_name["pick"])
+    assert unreadable.startswith("not a method with a readable signature")
+    assert failed(by_name["keyword_only"]) == ["the input parameter must be positional, and 'data' is keyword-only"]
+    assert failed(by_name["raw"]) == [
+        "output model RawOut has no JSON schema: field 'frames.pixels' (Tensor | None) has none; "
+        "give it a JSON type, or annotate it with pydantic's WithJsonSchema"
+    ]
+
+
+class Handle:
+    """An arbitrary type: a model may hold it, but JSON schema cannot describe it."""
+
+
+class Undescribable(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    handle: Handle
+
+
+class UndescribableSetup:
+    def setup(self, config: Undescribable): ...
+
+    def run(self, data: Config) -> Config: ...
+
+
+def test_a_setup_config_without_json_schema_is_an_error_naming_the_field():
+    with pytest.raises(AppError, match=r"^setup config Undescribable has no JSON schema: field 'handle' \(Handle\)"):
+        discover(UndescribableSetup)
