@@ -165,6 +165,7 @@ def build(args: ServeArgs) -> Application:
         if name in handles:
             raise AppError(f"two apps are named {name!r}; give one a different `name`")
         infos.append({"name": name, "version": spec.version, "schema": functions_schema(discovery), "path": path,
+                      "setup_takes_config": discovery.setup.takes_config,
                       "batching": spec.batching})
         options = {"num_replicas": args.num_replicas} if args.num_replicas else {}
         handles[name] = serve.deployment(

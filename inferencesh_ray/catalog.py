@@ -33,6 +33,8 @@ class AppInfo:
     """Where the app's code is (app directory, .py file or module), for session workers."""
     batching: dict[str, Any] = field(default_factory=dict)
     """The deployment's settings of @batched functions, for session workers too."""
+    setup_takes_config: bool = True
+    """False when the app's setup takes no config: a request giving one is refused up front."""
 
     @property
     def functions(self) -> dict[str, dict[str, Any]]:
@@ -102,6 +104,8 @@ class AppCatalog:
             errors += self._errors(app, "setup", setup_schema, setup, "setup")
         elif not isinstance(setup, dict):
             errors.append({"loc": "setup", "message": "setup must be an object"})
+        elif setup and not app.setup_takes_config:
+            errors.append({"loc": "setup", "message": "this app's setup takes no config"})
         if errors:
             raise invalid_fields(errors)
         if setup_schema is not None:

@@ -103,7 +103,8 @@ def make_server(app_path, tmp_path, keys=(), files=None, session_limit=4, max_qu
     loaded = load_app(str(app_path))
     files = files or local_files(tmp_path / "files")
     host = AppHost(loaded.app_cls, app_id=loaded.name, files=files)
-    info = AppInfo(name=loaded.name, schema=functions_schema(host.discovery), path=str(app_path))
+    info = AppInfo(name=loaded.name, schema=functions_schema(host.discovery), path=str(app_path),
+                   setup_takes_config=host.discovery.setup.takes_config)
     store = TaskStore(str(tmp_path / "tasks.sqlite3"))
     dispatcher = Dispatcher(store, {loaded.name: host_backend(host)}, max_queued_tasks=max_queued_tasks)
     workers = LocalWorkers()

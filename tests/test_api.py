@@ -81,6 +81,18 @@ def test_bad_requests_get_problem_json_and_create_nothing(apps, tmp_path, reques
     scenario(apps, tmp_path, body)
 
 
+def test_a_setup_config_for_an_app_whose_setup_takes_none_is_refused_up_front(apps, tmp_path):
+    """It used to create the task (uploading its inputs first, through a client) and fail it on the replica."""
+    async def body(client):
+        request = {"app": "file-app:where", "input": {"image": "data:,x"}}
+        refused = await client.post("/apps/run", json={**request, "setup": {"precision": "fp16"}})
+        assert refused.status_code == 422
+        assert refused.json()["errors"] == [{"loc": "setup", "message": "this app's setup takes no config"}]
+        assert (await client.post("/apps/run", json={**request, "setup": {}})).status_code == 200
+
+    run_api(apps / "file_app.py", tmp_path, body)
+
+
 def test_malformed_json_is_400(apps, tmp_path):
     async def body(client):
         response = await client.post("/apps/run", content=b"{nope", headers={"content-type": "application/json"})
