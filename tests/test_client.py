@@ -37,7 +37,7 @@ from inferencesh_ray import (
     inference,
 )
 from inferencesh_ray.client import Response
-from inferencesh_ray.client._files import DiskWriter, download_target, uploads_in, with_uris
+from inferencesh_ray.client._files import DiskWriter, InputFiles, download_target
 from inferencesh_ray.client._stream import HEARTBEAT, StreamOptions, TaskWatch, parse_line
 
 KEY = "test-key"
@@ -668,11 +668,12 @@ def test_input_walk_uploads_files_data_and_base64_and_leaves_the_rest(tmp_path):
         "plain_data": File(uri="data:,plain"),  # not base64: the server takes it as it is
         "plain": ["short", ".", str(tmp_path), "https://example.com/b.png", 3, None, "data: a text", "data:,x"],
     }
-    pending = uploads_in(value)
+    files = InputFiles(value)  # no schema: the official SDK's rule
+    pending = files.pending
     assert [p.source for p in pending] == [str(picture), "data:image/png;base64,eA==", b64, str(picture)]
     assert pending[3].filename == "named.png"
     uris = {p: f"https://files.test/{i}" for i, p in enumerate(pending)}
-    assert with_uris(value, uris) == {
+    assert files.filled(uris) == {
         "image": "https://files.test/0",
         "nested": [{"mask": "https://files.test/1"}, ["https://files.test/2", "hello"]],
         "file": "https://files.test/3",
@@ -680,6 +681,40 @@ def test_input_walk_uploads_files_data_and_base64_and_leaves_the_rest(tmp_path):
         "plain_data": "data:,plain",
         "plain": ["short", ".", str(tmp_path), "https://example.com/b.png", 3, None, "data: a text", "data:,x"],
     }
+
+
+def test_with_the_functions_schema_only_file_fields_are_uploaded(tmp_path):
+    """"stabilityai/sdxl" is 16 characters of valid base64: by the SDK's rule alone it was uploaded."""
+    picture = tmp_path / "in.png"
+    picture.write_bytes(b"x")
+    schema = {"type": "object", "properties": {
+        "image": {"type": "string", "format": "file"},
+        "extra": {"type": "array", "items": {"type": "string", "format": "file"}},
+        "model": {"type": "string"}, "notes": {"type": "array", "items": {"type": "string"}}}}
+    value = {"image": str(picture), "extra": (str(picture), "stabilityai/sdxl"), "model": "stabilityai/sdxl",
+             "notes": [str(picture), File(path=str(picture), filename="named.png")]}
+    files = InputFiles(value, schema)
+    assert [p.source for p in files.pending] == [str(picture), "stabilityai/sdxl", str(picture)]
+    uris = {p: f"https://files.test/{i}" for i, p in enumerate(files.pending)}
+    assert files.filled(uris) == {"image": "https://files.test/0", "extra": ["https://files.test/0", "https://files.test/1"],
+                                  "model": "stabilityai/sdxl", "notes": [str(picture), "https://files.test/2"]}
+    assert [p.source for p in InputFiles(value).pending] == [str(picture), "stabilityai/sdxl", str(picture)]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_run_sends_text_that_looks_like_base64_as_text(server, mode):
+    """The counting app has no file field: its `text` goes as given (it used to be uploaded as a file)."""
+    body = {"app": "counting", "input": {"text": "stabilityai/sdxl"}}
+    if mode == "sync":
+        with sync_client(server.url) as client:
+            outputs = [client.run(body)["output"]["text"] for _ in range(2)]
+    else:
+        async def twice():
+            async with async_client(server.url) as client:
+                return [(await client.run(body))["output"]["text"] for _ in range(2)]
+
+        outputs = asyncio.run(twice())
+    assert outputs == ["stabilityai/sdxl"] * 2
 
 
 @pytest.mark.parametrize("filename, uri, saved", [

@@ -11,11 +11,12 @@ from typing import IO, Any, AsyncIterator, Optional, Union
 import httpx
 
 from ..files import File
-from ._base import StreamHandle, client_options, file_url_request, run_body, stream_request
+from ._base import InputSchemas, StreamHandle, client_options, file_url_request, run_body, stream_request
 from ._config import DEFAULT_MAX_RETRIES, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
     FileData,
+    InputFiles,
     UploadFileOptions,
     UploadSource,
     data_uri_bytes,
@@ -26,7 +27,6 @@ from ._files import (
     partial_file,
     upload_source,
     upload_target,
-    uploads_in,
 )
 from ._stream import StreamOptions, TaskWatch
 from ._tasks import strip_task
@@ -154,6 +154,7 @@ class AsyncTasks:
     def __init__(self, connection: _AsyncConnection, files: "AsyncFiles") -> None:
         self._connection = connection
         self._files = files
+        self._schemas = InputSchemas()
 
     async def run(
         self,
@@ -168,13 +169,25 @@ class AsyncTasks:
     ) -> Union[dict[str, Any], AsyncTaskStream]:
         """As `Tasks.run`: the completed task, the created task (`wait=False`) or an AsyncTaskStream (`stream=True`)."""
         options = StreamOptions(auto_reconnect, max_reconnects, reconnect_delay_ms, timeout)
-        uris = {pending: (await self._files.upload(pending.source, pending.options))["uri"] for pending in uploads_in(params.get("input"))}
-        task = task_of(await self._connection.request("POST", "/apps/run", json=run_body(params, uris)))
+        files = InputFiles(params.get("input"))
+        if files.pending:  # only then is the schema worth a request: which of them are in file fields?
+            files = InputFiles(params.get("input"), await self._input_schema(params))
+        uris = {pending: (await self._files.upload(pending.source, pending.options))["uri"] for pending in files.pending}
+        task = task_of(await self._connection.request("POST", "/apps/run", json=run_body(params, files, uris)))
         if stream:
             return AsyncTaskStream(self._connection, task["id"], options)
         if not wait:
             return strip_task(task)
         return await _result_of(AsyncTaskStream(self._connection, task["id"], options))
+
+    async def _input_schema(self, params: dict[str, Any]) -> Optional[dict[str, Any]]:
+        path = self._schemas.missing(params)
+        if path is not None:
+            try:
+                self._schemas.keep(path, (await self._connection.request("GET", path)).data)
+            except InferenceError:  # no such endpoint there, or no answer: the run itself says what is wrong
+                self._schemas.keep(path, None)
+        return self._schemas.of_function(params)
 
     async def get(self, task_id: str) -> Response:
         """The task as it is now, in full (`.data`), as the official SDK returns it."""

@@ -3,12 +3,13 @@ stream handle's state. Only sending differs between them."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Optional, Union
 
 import httpx
 
 from ._config import STREAM_HEADERS, ClientConfig
-from ._files import PendingUpload, with_uris
+from ._files import InputFiles, PendingUpload
 from ._stream import StreamOptions, TaskWatch
 from ._wire import route
 
@@ -39,9 +40,50 @@ def file_url_request(
     return request
 
 
-def run_body(params: dict[str, Any], uris: dict[PendingUpload, str]) -> dict[str, Any]:
+def run_body(params: dict[str, Any], files: InputFiles, uris: dict[PendingUpload, str]) -> dict[str, Any]:
     """`POST /apps/run`'s body: the caller's params as given, with uploaded inputs replaced by URIs."""
-    return {**params, "input": with_uris(params.get("input"), uris)}
+    return {**params, "input": files.filled(uris)}
+
+
+class InputSchemas:
+    """The input schema of the function a run names, from its app's `GET /apps/{app}/schema`,
+    kept a minute: it tells which input strings are files (`InputFiles`).
+
+    A server without that endpoint (or an app it will not describe) gives None, and the
+    official SDK's rule applies.
+    """
+
+    TTL_S = 60.0
+
+    def __init__(self) -> None:
+        self._apps: dict[str, tuple[float, Any]] = {}
+
+    def path(self, params: dict[str, Any]) -> Optional[str]:
+        """The schema's path for the app `params` names (`[namespace/]name[@version][:function]`), if any."""
+        ref = params.get("app") or params.get("app_id")
+        name = ref.partition(":")[0].partition("@")[0].rsplit("/", 1)[-1].strip() if isinstance(ref, str) else ""
+        return route("/apps/{}/schema", name) if name else None
+
+    def missing(self, params: dict[str, Any]) -> Optional[str]:
+        """The path to ask for the schema `params` needs, or None when it is kept (or there is none)."""
+        path = self.path(params)
+        return path if path is not None and self._apps.get(path, (0.0, None))[0] <= time.monotonic() else None
+
+    def keep(self, path: str, schema: Any) -> None:
+        """What the server answered (None when it did not: the official SDK's rule then applies)."""
+        self._apps[path] = (time.monotonic() + self.TTL_S, schema)
+
+    def of_function(self, params: dict[str, Any]) -> Optional[dict[str, Any]]:
+        """The input schema of the function `params` names, from its app's schema as kept; None if absent."""
+        path = self.path(params)
+        schema = self._apps.get(path, (0.0, None))[1] if path is not None else None
+        if not isinstance(schema, dict) or not isinstance(schema.get("functions"), dict):
+            return None
+        ref = params.get("app") or params.get("app_id")
+        named = params.get("function") or (ref.partition(":")[2] if isinstance(ref, str) else "")
+        function = schema["functions"].get(named or schema.get("default_function") or "run")
+        found = function.get("input_schema") if isinstance(function, dict) else None
+        return found if isinstance(found, dict) else None
 
 
 class StreamHandle:

@@ -1,10 +1,10 @@
 """Files on the client side, without I/O: what to upload and how to describe it, which input
 values are uploads, and where a download goes.
 
-The input rule is the official SDK's (wire protocol §10): walking `input` through dicts
-and lists, a string that names an existing local file, a `data:...;base64,` URI or a
-base64-looking string is uploaded and replaced by the file's URI; so is a `File` with a
-local path.
+The input rule is the official SDK's (wire protocol §10), narrowed to the function's file
+fields when its schema is known: a string that names an existing local file, a
+`data:...;base64,` URI or a base64-looking string is uploaded and replaced by the file's
+URI; so is a `File` with a local path (`InputFiles`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator, Optional, Union
 from urllib.parse import unquote, urlparse
 
+from ..file_fields import file_slots
 from ..files import File
 from ._errors import ProtocolError
 
@@ -155,38 +156,64 @@ class PendingUpload:
         return UploadFileOptions(filename=self.filename, content_type=self.content_type)
 
 
-def uploads_in(value: Any) -> list[PendingUpload]:
-    """Every upload an input needs, once each, in the order met."""
-    found: dict[PendingUpload, None] = {}
-    _collect(value, found)
-    return list(found)
+class InputFiles:
+    """The uploads an input needs, and the input with their URIs in place.
 
+    Without the function's input schema, the official SDK's rule: a string naming a local
+    file, a base64 `data:` URI or a base64-looking string, anywhere in the input. With it, a
+    string counts only where the schema has a file field, so a text such as
+    "stabilityai/sdxl" (16 characters of valid base64) stays text. A `File` with a local
+    path is uploaded wherever it is: it says so itself.
+    """
 
-def with_uris(value: Any, uris: dict[PendingUpload, str]) -> Any:
-    """The input with each upload replaced by its URI (and each remote File by its URI)."""
-    if isinstance(value, dict):
-        return {key: with_uris(item, uris) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [with_uris(item, uris) for item in value]
-    pending = _pending(value)
-    if pending is not None:
-        return uris[pending]
-    if isinstance(value, File):
-        return value.uri
-    return value
+    def __init__(self, value: Any, input_schema: Optional[dict[str, Any]] = None) -> None:
+        self._value = _as_lists(value)
+        self._file_places = None
+        if input_schema is not None:
+            self._file_places = {(id(slot.container), slot.key) for slot in file_slots(input_schema, self._value)}
+        self._found: dict[tuple[int, Any], PendingUpload] = {}
+        self._walk(None, None, self._value)
 
+    @property
+    def pending(self) -> list[PendingUpload]:
+        """Each upload once, in the order met."""
+        return list(dict.fromkeys(self._found.values()))
 
-def _collect(value: Any, found: dict[PendingUpload, None]) -> None:
-    if isinstance(value, dict):
-        for item in value.values():
-            _collect(item, found)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _collect(item, found)
-    else:
-        pending = _pending(value)
+    def filled(self, uris: dict[PendingUpload, str]) -> Any:
+        """The input with each upload replaced by its URI (and each remote File by its URI)."""
+        return self._fill(None, None, self._value, uris)
+
+    def _walk(self, container: Any, key: Any, value: Any) -> None:
+        if isinstance(value, dict):
+            for item_key, item in value.items():
+                self._walk(value, item_key, item)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self._walk(value, index, item)
+        else:
+            pending = _pending(value)
+            place = (id(container), key)
+            if pending is not None and (isinstance(value, File) or self._file_places is None or place in self._file_places):
+                self._found[place] = pending
+
+    def _fill(self, container: Any, key: Any, value: Any, uris: dict[PendingUpload, str]) -> Any:
+        if isinstance(value, dict):
+            return {item_key: self._fill(value, item_key, item, uris) for item_key, item in value.items()}
+        if isinstance(value, list):
+            return [self._fill(value, index, item, uris) for index, item in enumerate(value)]
+        pending = self._found.get((id(container), key))
         if pending is not None:
-            found[pending] = None
+            return uris[pending]
+        return value.uri if isinstance(value, File) else value
+
+
+def _as_lists(value: Any) -> Any:
+    """Tuples as lists, as JSON will have them (the schema walk reads lists)."""
+    if isinstance(value, dict):
+        return {key: _as_lists(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(item) for item in value]
+    return value
 
 
 def _pending(value: Any) -> Optional[PendingUpload]:
