@@ -9,14 +9,16 @@ A server's policy is `server_files.ServerFiles`.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import mimetypes
 import os
-import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, unquote_to_bytes, urlparse
+
+from .storage import is_media_type
 
 
 class FileFetchError(Exception):
@@ -57,22 +59,46 @@ def describe_local(path: str, given: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class DataUri:
+    content_type: str
+    data: bytes
+
+
+_DATA_URI_FORM = "data:[<media type>][;base64],<data>"
+
+
+def parse_data_uri(uri: str) -> DataUri:
+    """The content type and bytes of a `data:` URI (RFC 2397); FileFetchError says what is wrong."""
+    header, comma, payload = uri[len("data:"):].partition(",")
+    if not comma:
+        raise FileFetchError(f"malformed data: URI: it has no comma before its data; the form is {_DATA_URI_FORM}")
+    params = [param.strip() for param in header.split(";")]
+    encoded = params[-1].lower() == "base64"
+    media_type = params[0].lower() or "text/plain"
+    if not is_media_type(media_type):
+        raise FileFetchError(f"malformed data: URI: {media_type[:40]!r} is not a media type such as image/png; "
+                             f"the form is {_DATA_URI_FORM}")
+    data = unquote_to_bytes(payload)
+    if encoded:
+        try:
+            data = base64.b64decode(data, validate=True)  # without validate, characters outside base64 are dropped silently
+        except binascii.Error as exc:
+            raise FileFetchError(f"malformed data: URI: its data is not valid base64 ({exc})") from exc
+    return DataUri(media_type, data)
+
+
+def write_data_uri(uri: DataUri, workdir: Path) -> str:
+    """Write a data: URI's bytes under workdir (blocks); returns the path."""
+    path = workdir / f"data{mimetypes.guess_extension(uri.content_type) or ''}"
+    path.write_bytes(uri.data)
+    return str(path)
+
+
 async def decode_data_uri(uri: str, workdir: Path) -> tuple[str, str]:
     """Write a `data:` URI's bytes under workdir; returns (path, content type)."""
-
-    def decode() -> tuple[str, str]:
-        try:
-            with urllib.request.urlopen(uri) as response:  # the stdlib decodes data: URLs itself
-                content_type = response.headers.get_content_type()
-                suffix = mimetypes.guess_extension(content_type) or ""
-                path = workdir / f"data{suffix}"
-                with open(path, "wb") as out:
-                    shutil.copyfileobj(response, out)
-        except ValueError as exc:
-            raise FileFetchError(f"malformed data: URI ({exc})") from exc
-        return str(path), content_type
-
-    return await asyncio.to_thread(decode)
+    parsed = await asyncio.to_thread(parse_data_uri, uri)
+    return await asyncio.to_thread(write_data_uri, parsed, workdir), parsed.content_type
 
 
 class LocalFiles:

@@ -2,10 +2,12 @@
 
 An input file may be a file of the server's own store (its URL, as `POST /files` or an
 output gave it: the caller's own file, or any file through a signed URL the server
-issued), a `data:` URI, or, only when the operator allows it, an http(s) URL on a
-public address. Nothing else: never a path or `file://` URI on the server's disk, never
-an internal address. The ingress checks this before a task is created (422 naming the
-field); the app host checks it again when it fetches the file on a replica.
+issued), a well-formed `data:` URI, or, only when the operator allows it, an http(s) URL
+on a public address. Nothing else: never a path or `file://` URI on the server's disk,
+never an internal address. The ingress checks this before a task is created (422 naming
+the field); the app host checks it again when it fetches the file on a replica, where a
+remote URL's host is resolved once per connection and the connection made to the very
+address checked (a name answering another address by then cannot reach an internal one).
 Output files the app wrote are stored for the task's owner and become signed URLs.
 """
 
@@ -18,19 +20,26 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
-from urllib.parse import parse_qs, urljoin, urlparse
+from typing import Any, Iterable, Optional, Union
+from urllib.parse import ParseResult, parse_qs, unquote, urljoin, urlparse
 
+import anyio
+import httpcore
 import httpx
 
 from .errors import FieldError
-from .file_access import FileFetchError, FileScope, as_file_dict, decode_data_uri, describe_local
+from .file_access import DataUri, FileFetchError, FileScope, as_file_dict, describe_local, parse_data_uri, write_data_uri
 from .file_fields import file_slots
 from .signing import UrlSigner
-from .storage import FileStore, StoredFile
+from .storage import FileStore, StoredFile, safe_filename
 
 _OWN_URL = re.compile(r"/files/([0-9a-f]{32})/[^/]+$")
 _MAX_REDIRECTS = 5
+# NAT64 (RFC 6052) reaches IPv4 through IPv6: the well-known prefix embeds the IPv4 address
+# in its last 32 bits; the local-use prefix (RFC 8215) is the operator's own, so never public.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+_Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 
 @dataclass(frozen=True)
@@ -50,11 +59,12 @@ class FilesConfig:
 
 @dataclass(frozen=True)
 class Source:
-    """Where an input file's bytes come from: `data`, `stored` (with `file`) or `remote`."""
+    """Where an input file's bytes come from: `data` (with `data`), `stored` (with `file`) or `remote`."""
 
     kind: str
     uri: str
     file: Optional[StoredFile] = None
+    data: Optional[DataUri] = None
 
 
 class ServerFiles:
@@ -88,9 +98,9 @@ class ServerFiles:
         uri = given.get("uri")
         if not isinstance(uri, str) or not uri:
             raise FileFetchError("a file needs a `uri`: a URL from POST /files, a task output, or a data: URI")
-        parsed = urlparse(uri)
+        parsed = _parse_url(uri)
         if parsed.scheme == "data":
-            return Source("data", uri)
+            return Source("data", uri, data=parse_data_uri(uri))
         if parsed.scheme in ("http", "https"):
             stored = self._own_file(parsed)
             if stored is not None:
@@ -119,8 +129,8 @@ class ServerFiles:
         source = await asyncio.to_thread(self.resolve, value, scope.owner)
         given = {key: item for key, item in as_file_dict(value).items() if key != "path"}
         if source.kind == "data":
-            path, content_type = await decode_data_uri(source.uri, workdir)
-            return describe_local(path, {"content_type": content_type, **given})
+            path = await asyncio.to_thread(write_data_uri, source.data, workdir)
+            return describe_local(path, {"content_type": source.data.content_type, **given})
         if source.kind == "stored":
             stored = source.file
             path = str(workdir / stored.filename)
@@ -154,42 +164,122 @@ class ServerFiles:
             raise FileFetchError(f"{_shorten(uri)} is still being uploaded; PUT its bytes to the upload_url first")
         return Source("stored", uri, stored)
 
-    def _check_public(self, parsed) -> None:
+    def _check_public(self, parsed: ParseResult) -> None:
+        """Refuse a URL whose host is internal now, so the ingress answers 422 (the fetch checks again as it connects)."""
         if self.config.allow_private_urls:
             return
-        host = parsed.hostname
-        if not host:
+        if not parsed.hostname:
             raise FileFetchError(f"{parsed.geturl()!r} has no host")
-        try:
-            infos = socket.getaddrinfo(host, parsed.port or 443, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise FileFetchError(f"cannot resolve {host}: {exc.strerror}") from exc
-        for info in infos:
-            address = ipaddress.ip_address(info[4][0].split("%")[0])
-            if not address.is_global:
-                raise FileFetchError(f"{host} is an internal address ({address}); this server only fetches public URLs")
+        _public_addresses(parsed.hostname, parsed.port or 443)
 
     async def _download(self, url: str, workdir: Path) -> str:
         limit = self.config.max_file_bytes
-        path = workdir / (os.path.basename(urlparse(url).path) or "download")
-        async with httpx.AsyncClient(timeout=120, follow_redirects=False) as client:
-            for _ in range(_MAX_REDIRECTS + 1):
-                async with client.stream("GET", url) as response:
-                    if response.is_redirect:
-                        url = urljoin(url, response.headers["location"])
-                        await asyncio.to_thread(self._check_public, urlparse(url))  # each hop, not just the first
-                        continue
-                    if response.status_code >= 400:
-                        raise FileFetchError(f"GET {_shorten(url)} answered {response.status_code}")
-                    received = 0
-                    with open(path, "wb") as out:
-                        async for chunk in response.aiter_bytes():
-                            received += len(chunk)
-                            if received > limit:
-                                raise FileFetchError(f"{_shorten(url)} is larger than this server's limit of {limit} bytes")
-                            out.write(chunk)
-                    return str(path)
+        path = workdir / safe_filename(unquote(os.path.basename(urlparse(url).path)), "download")
+        transport = None if self.config.allow_private_urls else _PublicTransport()
+        try:
+            async with httpx.AsyncClient(timeout=120, follow_redirects=False, transport=transport) as client:
+                for _ in range(_MAX_REDIRECTS + 1):
+                    async with client.stream("GET", url) as response:
+                        if response.is_redirect:
+                            url = _redirect_target(url, response.headers["location"])
+                            continue
+                        if response.status_code >= 400:
+                            raise FileFetchError(f"GET {_shorten(url)} answered {response.status_code}")
+                        received = 0
+                        with open(path, "wb") as out:
+                            async for chunk in response.aiter_bytes():
+                                received += len(chunk)
+                                if received > limit:
+                                    raise FileFetchError(f"{_shorten(url)} is larger than this server's limit of {limit} bytes")
+                                out.write(chunk)
+                        return str(path)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise FileFetchError(f"GET {_shorten(url)} failed ({type(exc).__name__}: {exc})") from exc
+        except OSError as exc:  # saving it; the message names no path of the server's
+            raise FileFetchError(f"{_shorten(url)} could not be saved on the server ({exc.strerror or type(exc).__name__})") from exc
         raise FileFetchError(f"{_shorten(url)} redirects more than {_MAX_REDIRECTS} times")
+
+
+def _public_addresses(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, when every one is public (blocks); FileFetchError otherwise."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, ValueError) as exc:  # ValueError: a name IDNA cannot encode, or with a NUL
+        raise FileFetchError(f"cannot resolve {host}: {getattr(exc, 'strerror', None) or exc}") from exc
+    addresses = list(dict.fromkeys(info[4][0].split("%")[0] for info in infos))
+    for address in addresses:
+        if not _is_public(ipaddress.ip_address(address)):
+            raise FileFetchError(f"{host} is an internal address ({address}); this server only fetches public URLs")
+    return addresses
+
+
+def _is_public(address: _Address) -> bool:
+    """Global, and so is any IPv4 address it carries (IPv4-mapped, 6to4, Teredo, NAT64)."""
+    if not address.is_global or address in _LOCAL_NAT64:
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return True
+    carried = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+    if address in _NAT64:
+        carried.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return all(_is_public(inner) for inner in carried if inner is not None)
+
+
+class _PublicOnly(httpcore.AsyncNetworkBackend):
+    """Connects only to public addresses, and to the very address it checked: resolving the
+    name again to connect could answer another one (DNS rebinding). TLS still verifies and
+    sends (SNI) the URL's host name: httpcore takes both from the request, not from here."""
+
+    def __init__(self) -> None:
+        self._backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: Optional[float] = None,
+                          local_address: Optional[str] = None,
+                          socket_options: Optional[Iterable[Any]] = None) -> httpcore.AsyncNetworkStream:
+        addresses = await anyio.to_thread.run_sync(_public_addresses, host, port)
+        for address in addresses[:-1]:
+            try:
+                return await self._backend.connect_tcp(address, port, timeout=timeout, local_address=local_address,
+                                                       socket_options=socket_options)
+            except httpcore.ConnectError:
+                continue  # a host with an address this machine cannot reach (often IPv6) may answer on the next
+        return await self._backend.connect_tcp(addresses[-1], port, timeout=timeout, local_address=local_address,
+                                               socket_options=socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._backend.sleep(seconds)
+
+
+class _PublicTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport, connecting through _PublicOnly: httpx takes no network backend of
+    its own, so its connection pool is replaced by one that does (same TLS context)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool = httpcore.AsyncConnectionPool(ssl_context=httpx.create_ssl_context(), network_backend=_PublicOnly())
+
+
+def _parse_url(uri: str) -> ParseResult:
+    """`uri` parsed, its port checked; FileFetchError for what is no URL (urlparse raises ValueError)."""
+    try:
+        parsed = urlparse(uri)
+        parsed.port  # parsed only when read: a port that is no number in 0-65535 raises here
+    except ValueError as exc:
+        raise FileFetchError(f"{_shorten(uri)} is not a valid URL ({exc}); give a URL from POST /files, "
+                             "a task output, or a data: URI") from exc
+    return parsed
+
+
+def _redirect_target(url: str, location: str) -> str:
+    """Where a redirect from `url` leads, if it is an http(s) URL; FileFetchError otherwise."""
+    try:
+        target = urljoin(url, location)
+        scheme = urlparse(target).scheme
+    except ValueError as exc:
+        raise FileFetchError(f"{_shorten(url)} redirects to {_shorten(location)}, which is not a valid URL ({exc})") from exc
+    if scheme not in ("http", "https"):
+        raise FileFetchError(f"{_shorten(url)} redirects to {_shorten(target)}; only http(s) redirects are followed")
+    return target
 
 
 def _shorten(uri: str, limit: int = 120) -> str:

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from typing import Optional
 from urllib.parse import quote, urlencode
+
+# Both come from the query string, so anything may arrive: only plain ASCII digits (int() of
+# thousands of them raises) and the hex digest we issue (compare_digest refuses non-ASCII).
+_EXPIRES = re.compile(r"[0-9]{1,12}")
+_SIGNATURE = re.compile(r"[0-9a-f]{40}")
 
 
 class UrlSigner:
@@ -27,7 +33,7 @@ class UrlSigner:
 
     def check(self, action: str, file_id: str, expires: Optional[str], signature: Optional[str]) -> Optional[str]:
         """None when the signature is good and current; otherwise why not."""
-        if not expires or not signature or not expires.isdigit():
+        if not _EXPIRES.fullmatch(expires or "") or not _SIGNATURE.fullmatch(signature or ""):
             return "missing or malformed signature"
         if not hmac.compare_digest(self._sign(action, file_id, int(expires)), signature):
             return "bad signature"

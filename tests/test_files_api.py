@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
+import logging
+import re
 import time
+from urllib.parse import unquote, urlencode
 
 import pytest
-from helpers import local_files, run_api, wait_terminal
+from helpers import local_files, make_server, run_api, wait_terminal
 
 from inferencesh_ray.status import TaskStatus
-from inferencesh_ray.storage import safe_filename
+from inferencesh_ray.storage import FileStore, safe_filename
 
 KEYS = ("key-a", "key-b")
 A = {"Authorization": "Bearer key-a"}
@@ -179,7 +183,9 @@ def test_refused_file_inputs_are_422_naming_the_field(apps, tmp_path, value, why
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/x", "http://169.254.169.254/latest/meta-data", "http://[::1]/x",
-                                 "http://10.0.0.1/x", "http://localhost/x"])
+                                 "http://10.0.0.1/x", "http://localhost/x",
+                                 # IPv6 addresses that carry an internal IPv4 one: NAT64, local-use NAT64, 6to4
+                                 "http://[64:ff9b::7f00:1]/x", "http://[64:ff9b:1::808:808]/x", "http://[2002:7f00:1::]/x"])
 def test_remote_urls_to_internal_addresses_are_refused_even_when_remote_urls_are_allowed(apps, tmp_path, url):
     async def body(client):
         run = {"app": "file-app", "function": "inspect", "input": {"image": url}}
@@ -302,17 +308,6 @@ class _SlowHandle:
         self.closed_while_busy |= self.busy > 0
 
 
-class _SlowStore:
-    def __init__(self, handle: _SlowHandle) -> None:
-        self.handle = handle
-
-    def open_write(self, file):
-        return self.handle
-
-    def open_read(self, file):
-        return self.handle
-
-
 def test_a_large_upload_is_written_while_it_comes_in_one_write_at_a_time():
     from inferencesh_ray.files_api import CHUNK, _write
 
@@ -329,7 +324,7 @@ def test_a_large_upload_is_written_while_it_comes_in_one_write_at_a_time():
             await asyncio.sleep(0.001)
         handle.more_came.set()
 
-    size = asyncio.run(_write(_SlowStore(handle), None, body(), len(data), True))
+    size = asyncio.run(_write(handle, body(), len(data), True))
     assert size == len(data) and bytes(handle.written) == data
     assert handle.overlapped >= 2  # the next MiB came in during the writes (one after the other, never)
     assert handle.most_busy == 1 and most_held <= 2 * (CHUNK + piece) and not handle.closed_while_busy
@@ -342,7 +337,7 @@ def test_downloads_read_ahead_one_chunk_and_ranges_cross_chunks_exactly():
 
     async def read(start, end, take=None):
         handle = _SlowHandle(data)
-        chunks, stream, ahead = [], _read(_SlowStore(handle), None, start, end), 0
+        chunks, stream, ahead = [], _read(handle, start, end), 0
         async for chunk in stream:
             chunks.append(chunk)
             delivered = start + sum(map(len, chunks))
@@ -362,3 +357,270 @@ def test_downloads_read_ahead_one_chunk_and_ranges_cross_chunks_exactly():
         assert ahead == len(range(start, end, CHUNK)) - 1  # every chunk but the last was sent while the next was read
     got, handle, _ = asyncio.run(read(0, len(data), take=1))
     assert got == data[:CHUNK] and not handle.closed_while_busy  # the read ahead finished before the close
+
+
+def file_parts(tmp_path, file_id):
+    return sorted(path.name for path in (tmp_path / "files" / "files" / file_id).iterdir())
+
+
+async def _late(blob, gate):
+    await gate.wait()  # the request is in and its part open; its body comes late
+    yield blob
+
+
+def test_an_upload_that_comes_second_never_rewrites_a_completed_file(apps, tmp_path):
+    size = 3 << 20
+
+    async def body(client):
+        file = (await client.post("/files", json={"files": [{"filename": "x.bin", "size": size}]}, headers=A)).json()["data"][0]
+        gate = asyncio.Event()
+        second = asyncio.ensure_future(client.put(file["upload_url"], content=_late(b"B" * size, gate),
+                                                  headers={"content-length": str(size)}))
+        await asyncio.sleep(0.3)
+        first = await client.put(file["upload_url"], content=b"A" * size)
+        gate.set()
+        return file, first, await second, await client.get(file["uri"])
+
+    file, first, second, got = files_scenario(apps, tmp_path, body)
+    assert first.status_code == 200
+    assert second.status_code == 409 and "immutable" in second.json()["detail"]
+    assert got.content == b"A" * size
+    assert file_parts(tmp_path, file["id"]) == ["data", "meta.json"]  # the loser's part is gone
+
+
+def test_an_upload_that_fails_leaves_a_completed_file_as_it_was(apps, tmp_path):
+    size = 3 << 20
+
+    async def body(client):
+        file = (await client.post("/files", json={"files": [{"filename": "x.bin", "size": size}]}, headers=A)).json()["data"][0]
+        gate = asyncio.Event()
+        short = asyncio.ensure_future(client.put(file["upload_url"], content=_late(b"XYZ", gate)))
+        await asyncio.sleep(0.3)
+        whole = await client.put(file["upload_url"], content=b"A" * size)
+        gate.set()
+        return file, whole, await short, await client.get(file["uri"])
+
+    file, whole, short, got = files_scenario(apps, tmp_path, body)
+    assert whole.status_code == 200 and short.status_code == 400
+    assert got.content == b"A" * size
+    assert file_parts(tmp_path, file["id"]) == ["data", "meta.json"]
+
+
+def test_a_client_gone_mid_upload_is_answered_quietly_and_leaves_nothing(apps, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    server = make_server(apps / "file_app.py", tmp_path, ("key-a",), local_files(tmp_path / "files"))
+
+    async def main():
+        import httpx
+
+        transport = httpx.ASGITransport(app=server.app, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            file = (await client.post("/files", json={"files": [{"size": 1000}]}, headers=A)).json()["data"][0]
+            path, query = file["upload_url"][len("http://test"):].split("?")
+            arriving = [{"type": "http.request", "body": b"a" * 500, "more_body": True}, {"type": "http.disconnect"}]
+            sent = []
+
+            async def receive():
+                return arriving.pop(0) if arriving else {"type": "http.disconnect"}
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "PUT", "scheme": "http",
+                     "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+                     "headers": [(b"host", b"test"), (b"content-length", b"1000")], "client": ("127.0.0.1", 5000),
+                     "server": ("test", 80)}
+            await server.app(scope, receive, send)
+            parts = file_parts(tmp_path, file["id"])
+            retried = await client.put(file["upload_url"], content=b"b" * 1000)
+            await server.dispatcher.close()
+            return sent[0], parts, retried
+
+    start, parts, retried = asyncio.run(main())
+    assert start["status"] == 400
+    assert parts == ["meta.json"]  # its part removed
+    assert retried.status_code == 200
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
+
+
+def test_an_announced_size_of_zero_is_not_taken_for_no_size(apps, tmp_path):
+    async def body(client):
+        zero = (await client.post("/files", json={"files": [{"size": 0}]}, headers=A)).json()["data"][0]
+        unknown = (await client.post("/files", json={"files": [{}]}, headers=A)).json()["data"][0]
+        return (zero, await client.put(zero["upload_url"], content=b"12345"), await client.put(zero["upload_url"], content=b""),
+                unknown, await client.put(unknown["upload_url"], content=b"12345"))
+
+    zero, too_big, empty, unknown, any_size = files_scenario(apps, tmp_path, body)
+    assert zero["size"] == 0 and unknown["size"] is None
+    assert too_big.status_code == 413 and "announced size of 0 bytes" in too_big.json()["detail"]
+    assert empty.status_code == 200 and empty.json()["data"]["size"] == 0
+    assert any_size.status_code == 200 and any_size.json()["data"]["size"] == 5
+
+
+def test_a_meta_json_write_that_fails_midway_leaves_the_one_before_whole(tmp_path, monkeypatch):
+    store = FileStore(tmp_path.resolve().as_uri())
+    file = store.create("me", "a.png", "image/png", 3)
+    part, handle = store.open_part(file)
+    with handle:
+        handle.write(b"abc")
+    opened = store.fs.open
+
+    class DiskFull:
+        """Writes half of what it is given, then fails as a full disk does."""
+
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            self.handle.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store.fs, "open", lambda path, mode="rb", **kw: DiskFull(opened(path, mode, **kw)) if "w" in mode
+                        else opened(path, mode, **kw))
+    with pytest.raises(OSError):
+        store.commit(file, part, 3)
+    monkeypatch.undo()
+    assert store.get(file.id) == file  # readers still see the meta.json before it, whole
+
+
+PARAM = r'\s*;\s*([\w*-]+)=(?:"[^"\\]*"|[^;"\s]*)'  # a Content-Disposition parameter; a quoted value has no quote
+
+
+def test_downloads_name_the_file_per_rfc_6266_and_serve_its_type_as_stored(apps, tmp_path):
+    sent = [("日本.png", "image/png"), ('a"b.png', "text/plain"),
+            ("r.pdf\"; filename*=UTF-8''evil.exe; x=\"", 'multipart/mixed; boundary="a b"')]
+
+    async def body(client):
+        answers = []
+        for name, content_type in sent:
+            file, _ = await upload(client, b"hello", filename=name, content_type=content_type)
+            answers.append((await client.get(file["uri"]), await client.head(file["uri"])))
+        return answers
+
+    answers = files_scenario(apps, tmp_path, body)
+    for (name, content_type), (got, head) in zip(sent, answers):
+        assert got.status_code == 200 and got.content == b"hello"
+        assert got.headers["content-type"] == content_type  # no charset added to text/plain
+        assert got.headers["x-content-type-options"] == "nosniff"
+        header = got.headers["content-disposition"]
+        assert re.fullmatch(rf"inline(?:{PARAM})+", header) and re.findall(PARAM, header) == ["filename", "filename*"]
+        assert unquote(header.rsplit("filename*=UTF-8''", 1)[1]) == name  # the exact name
+        assert head.status_code == 200 and head.content == b"" and dict(head.headers) == dict(got.headers)
+    assert answers[0][0].headers["content-disposition"] == "inline; filename=\"__.png\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC.png"
+    assert answers[1][0].headers["content-disposition"].startswith('inline; filename="a_b.png"')
+
+
+@pytest.mark.parametrize("content_type", ["text/html\r\nX-Evil: 1", "image/png; 日本", "image/" + "a" * 100_000, "png",
+                                          "image/png; charset"])
+def test_content_types_that_are_no_media_type_are_422_naming_the_field(apps, tmp_path, content_type):
+    async def body(client):
+        wanted = [{"content_type": "image/png"}, {"content_type": content_type}]
+        return await client.post("/files", json={"files": wanted}, headers=A)
+
+    response = files_scenario(apps, tmp_path, body)
+    assert response.status_code == 422, response.text[:300]
+    error = response.json()["errors"][0]
+    assert error["loc"] == "files.1.content_type" and "is not a media type" in error["message"]
+
+
+def test_ranges_too_long_to_parse_or_invalid_are_answered_not_crashed(apps, tmp_path):
+    blob, huge = b"0123456789", "9" * 5000
+    ranges = ["bytes=" + huge + "-", "bytes=0-" + huge, "bytes=-" + huge, "bytes=5-2", "bytes=" + "0" * 30 + "3-4",
+              "bytes=10-", "bytes=2-4"]
+
+    async def body(client):
+        file, _ = await upload(client, blob)
+        return [await client.get(file["uri"], headers={"Range": value}) for value in ranges]
+
+    past, to_huge, suffix_huge, backwards, zeros, at_end, plain = files_scenario(apps, tmp_path, body)
+    assert past.status_code == 416 and past.headers["content-range"] == "bytes */10"
+    for whole in (to_huge, suffix_huge, backwards):  # RFC 9110: an invalid range is ignored
+        assert whole.status_code == 200 and whole.content == blob
+    assert zeros.status_code == 206 and zeros.content == b"34"
+    assert at_end.status_code == 416
+    assert plain.status_code == 206 and plain.content == b"234"
+
+
+def test_bytes_gone_from_storage_are_410_not_a_broken_download(apps, tmp_path):
+    async def body(client):
+        file, _ = await upload(client)
+        (tmp_path / "files" / "files" / file["id"] / "data").unlink()
+        return await client.get(file["uri"])
+
+    gone = files_scenario(apps, tmp_path, body)
+    assert gone.status_code == 410 and "no longer in storage" in gone.json()["detail"]
+
+
+@pytest.mark.parametrize("expires, signature", [("\u00b2", "x"), ("9" * 5000, "x"), ("9999999999", "é"),
+                                                ("9999999999", "\u0661" * 40)])
+def test_signature_params_of_any_shape_are_refused_not_crashed(apps, tmp_path, expires, signature):
+    async def body(client):
+        file, _ = await upload(client)
+        query = {"expires": expires, "signature": signature}
+        download = await client.get(f"/files/{file['id']}/in.png", params=query)
+        put = await client.put(f"/files/{file['id']}/upload", params=query, content=b"x")
+        uri = f"http://test/files/{file['id']}/in.png?{urlencode(query)}"
+        run = {"app": "file-app", "function": "inspect", "input": {"image": uri}}
+        return download, put, await client.post("/apps/run", json=run, headers=B)
+
+    download, put, run = files_scenario(apps, tmp_path, body)
+    assert download.status_code == 404
+    assert put.status_code == 403 and "malformed signature" in put.json()["detail"]
+    assert run.status_code == 422 and run.json()["errors"][0]["loc"] == "input.image"
+
+
+def test_a_long_non_ascii_filename_still_reaches_the_task(apps, tmp_path):
+    async def body(client):
+        file, put = await upload(client, b"hello", filename="日" * 100 + ".png")
+        run = {"app": "file-app", "function": "inspect", "input": {"image": file["uri"]}}
+        return put, await finished(client, (await client.post("/apps/run", json=run, headers=A)).json()["data"]["id"])
+
+    put, task = files_scenario(apps, tmp_path, body)
+    assert put.status_code == 200
+    assert task["status"] == TaskStatus.COMPLETED, task["error"]
+    assert task["output"]["filenames"][0].endswith(".png") and len(task["output"]["filenames"][0].encode()) <= 200
+
+
+def test_safe_filenames_fit_a_disk_and_cannot_show_as_another_name():
+    long = safe_filename("日" * 100 + ".png")
+    assert long == "日" * 65 + ".png"  # at most 200 bytes, cut between characters
+    assert safe_filename("invoice\u202egnp.exe") == "invoice_gnp.exe"  # a bidi override would show it as invoice.png
+    assert safe_filename("a\x85b\ud800c\u2066d") == "a_b_c_d"
+
+
+def test_on_s3_an_upload_commits_its_own_part_and_a_later_one_changes_nothing(apps, tmp_path, s3_server):
+    import s3fs
+
+    from inferencesh_ray.server_files import FilesConfig, ServerFiles
+
+    root = f"{s3_server.bucket}/api-{tmp_path.name}"
+    files = ServerFiles(FilesConfig(root=f"s3://{root}", signing_key=b"test-key", options=s3_server.storage_options))
+    s3 = s3fs.S3FileSystem(**s3_server.storage_options)
+
+    def objects(file_id):
+        s3.invalidate_cache()
+        return sorted(path.rsplit("/", 1)[1] for path in s3.ls(f"{root}/files/{file_id}"))
+
+    async def body(client):
+        file = (await client.post("/files", json={"files": [{"filename": "x.bin", "size": 5}]}, headers=A)).json()["data"][0]
+        gate = asyncio.Event()
+        late = asyncio.ensure_future(client.put(file["upload_url"], content=_late(b"BBBBB", gate),
+                                                headers={"content-length": "5"}))
+        await asyncio.sleep(0.3)
+        first = await client.put(file["upload_url"], content=b"AAAAA")
+        gate.set()
+        second = await late
+        got, after = await client.get(file["uri"]), objects(file["id"])
+        s3.rm(f"{root}/files/{file['id']}/data")
+        return first, second, got, after, await client.get(file["uri"])
+
+    first, second, got, after, gone = run_api(apps / "file_app.py", tmp_path, body, KEYS, files)
+    assert first.status_code == 200 and second.status_code == 409
+    assert got.content == b"AAAAA" and after == ["data", "meta.json"]
+    assert gone.status_code == 410

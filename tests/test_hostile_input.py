@@ -82,6 +82,10 @@ CASES = [
      200, None),
     ("negative size", ("POST", "/files", {"json": {"files": [{"size": -1}]}}), 422, "files.0.size"),
     ("unknown session function", ("POST", "/apps/run", {"json": {"app": "file-app:zap", "input": {}}}), 404, "no function"),
+    ("malformed URL in a file field", run_with("http://[::1/x"), 422, "input.image: 'http://[::1/x' is not a valid URL"),
+    ("data: URI without a comma", run_with("data:nocomma"), 422, "input.image: malformed data: URI"),
+    ("content type with CR LF", ("POST", "/files", {"json": {"files": [{"content_type": "text/plain\r\nX-Evil: 1"}]}}),
+     422, "files.0.content_type"),
 ]
 
 

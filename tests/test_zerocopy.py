@@ -7,7 +7,8 @@ import socket
 import httpx
 import pytest
 import uvloop
-from conftest import free_port
+from conftest import APPS, free_port
+from helpers import local_files, make_server
 
 from inferencesh_ray import zerocopy
 from inferencesh_ray.listener import Listener
@@ -177,3 +178,25 @@ def test_a_zero_copy_send_past_the_announced_length_is_refused_not_sent(big_file
                 await client.get(f"http://127.0.0.1:{port}/")
 
     asyncio.run(serving(app, port, scenario))
+
+
+def test_through_the_listen_door_a_file_gone_from_disk_is_410_and_head_is_answered(tmp_path):
+    server = make_server(APPS / "file_app.py", tmp_path, ("key-a",), local_files(tmp_path / "files"))
+    port = free_port()
+
+    async def scenario():
+        async with httpx.AsyncClient() as client:
+            base = f"http://127.0.0.1:{port}"
+            created = await client.post(f"{base}/files", json={"files": [{"filename": "p.bin", "size": 10}]},
+                                        headers={"Authorization": "Bearer key-a"})
+            file = created.json()["data"][0]
+            await client.put(file["upload_url"], content=b"0123456789")
+            head = await client.head(file["uri"], headers={"range": "bytes=2-4"})
+            (tmp_path / "files" / "files" / file["id"] / "data").unlink()
+            gone = await client.get(file["uri"])
+            await server.dispatcher.close()
+            return head, gone
+
+    head, gone = uvloop.run(serving(server.app, port, scenario))
+    assert head.status_code == 206 and head.headers["content-range"] == "bytes 2-4/10" and head.content == b""
+    assert gone.status_code == 410 and "no longer in storage" in gone.json()["detail"]
