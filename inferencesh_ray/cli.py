@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -258,9 +259,21 @@ async def _dev_run(host: AppHost, call: Call) -> int:
             elif isinstance(event, Cancelled):
                 print("cancelled", file=err)
                 return 130
+    except asyncio.CancelledError:  # Ctrl-C
+        print("stopping: unload runs once the function has returned (Ctrl-C again to quit at once)",
+              file=err, flush=True)
+        signal.signal(signal.SIGINT, _quit_now)
+        raise
     finally:
         await host.close()
     return 1
+
+
+def _quit_now(*_: object) -> None:
+    # A sync function runs on in a thread nothing can stop, and a normal exit would wait for it.
+    print("interrupted (unload skipped)", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import ROOT
@@ -207,3 +209,34 @@ def test_log_records_made_outside_a_task_still_reach_stderr():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stderr == "outside a task\n"
+
+
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_in_app_dev_unloads_after_a_sync_function_returns_and_twice_quits_at_once(apps, tmp_path, presses):
+    """Once: stop, and unload only once the function's thread has returned (it used to unload
+    under it). Twice: leave at once, unload skipped (exiting normally would wait for the thread)."""
+    events = tmp_path / "events.log"
+    seconds = 2 if presses == 1 else 30  # the second Ctrl-C must not wait the 30 s out
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inferencesh_ray.cli", "app", "dev", str(apps / "long_sync.py"),
+         "-i", json.dumps({"seconds": seconds})],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"INFSH_TEST_EVENTS": str(events)},
+    )
+    try:
+        while "run:start" not in (events.read_text() if events.exists() else ""):
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        started = time.monotonic()
+        for _ in range(presses):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.5)
+        _, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    recorded = [line.split(" ", 1)[1] for line in events.read_text().splitlines()]
+    assert process.returncode == 130 and "unload runs once the function has returned" in err
+    if presses == 1:
+        assert recorded == ["setup", "run:start", "run:end", "unload"]
+    else:
+        assert time.monotonic() - started < 5 and "interrupted (unload skipped)" in err
+        assert recorded == ["setup", "run:start"]
