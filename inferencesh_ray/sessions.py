@@ -120,13 +120,17 @@ class SessionRegistry:
             return None
         stamp = time.time()
         session = Session(uuid.uuid4().hex, owner, app, version, idle_timeout, stamp, stamp, stamp + idle_timeout)
-        session.busy = 1  # the creating call: no expiry while the worker starts
+        session.busy = 1  # no expiry while the worker starts
         self._active[session.id] = session
         try:
             session.worker_id = await self._workers.start(session.id, spec)
         except Exception as exc:
             del self._active[session.id]
             return {"refused": f"the session's worker could not start ({type(exc).__name__}: {exc})"}
+        # Idle from now on until its first call begins: a caller gone while it opened (the
+        # request cancelled, this call running on) would otherwise hold it open forever.
+        session.busy = 0
+        session.expires = time.time() + idle_timeout
         self._save(session)
         return session.view()
 
@@ -140,13 +144,12 @@ class SessionRegistry:
         rows = self._db.execute("SELECT id, body FROM sessions WHERE owner = ? ORDER BY rowid", (owner,))
         return [(self._active.get(session_id) or Session(**json.loads(body))).view() for session_id, body in rows]
 
-    async def begin_call(self, session_id: str, owner: str, app: str, task_id: str, first: bool = False) -> Optional[dict]:
+    async def begin_call(self, session_id: str, owner: str, app: str, task_id: str) -> Optional[dict]:
         """Count a call in; the session as it is (a call runs only when it comes back `active` for `app`)."""
         session = self._find(session_id, owner)
         if session is None or session.status != ACTIVE or session.app_id != app:
             return session.view() if session else None
-        if not first:
-            session.busy += 1
+        session.busy += 1
         session.call_count += 1
         session.task_id = task_id
         session.last_call = session.updated = time.time()
@@ -190,8 +193,11 @@ class SessionRegistry:
         longer ago than the retention, as the task store forgets old tasks."""
         now = time.time()
         due = [s for s in self._active.values() if s.busy == 0 and s.expires <= now]
+        # All ended before any release is awaited: a release takes up to 30 s, and a session
+        # that took a call, or was ended by its client, meanwhile was no longer idle.
         for session in due:
-            await self._finish(session, EXPIRED, f"idle for {session.idle_timeout} s")
+            self._end(session, EXPIRED, f"idle for {session.idle_timeout} s")
+        await asyncio.gather(*(self._workers.release(session.id) for session in due))
         if now - self._pruned >= 60:
             self._pruned = now
             self._db.execute("DELETE FROM sessions WHERE status != ? AND json_extract(body, '$.ended') < ?",
@@ -199,11 +205,14 @@ class SessionRegistry:
         return [session.id for session in due]
 
     async def _finish(self, session: Session, status: str, reason: str) -> None:
+        self._end(session, status, reason)
+        await self._workers.release(session.id)
+
+    def _end(self, session: Session, status: str, reason: str) -> None:
         self._active.pop(session.id, None)
         session.status, session.reason = status, reason
         session.ended = session.updated = time.time()
         self._save(session)
-        await self._workers.release(session.id)
 
     def _find(self, session_id: str, owner: str) -> Optional[Session]:
         self._ensure_reaper()

@@ -100,7 +100,7 @@ class Sessions:
             session = opened["id"]
         elif timeout is not None:
             raise ApiProblem(400, "invalid_request", "session_timeout is only valid with session: \"new\"")
-        view = await self.registry.begin_call(session, owner, app.name, task_id, new)
+        view = await self.registry.begin_call(session, owner, app.name, task_id)
         try:
             _check_open(view, session, app)
         except ApiProblem:

@@ -332,3 +332,43 @@ def test_sessions_ended_longer_ago_than_the_retention_are_forgotten(tmp_path):
         assert await registry.get(old, "o") is None
 
     asyncio.run(body())
+
+
+def test_a_session_opened_for_a_caller_that_left_expires_when_idle(tmp_path):
+    """Its first call never began (the request was cancelled while the worker started):
+    it used to stay open forever, holding its worker and a slot of max_sessions."""
+
+    async def body():
+        registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), _NoWorkers(), reap_every_s=3600)
+        opened = await registry.open("o", "app", "latest", 1, None)
+        assert await registry.reap() == []
+        await asyncio.sleep(1.1)
+        assert await registry.reap() == [opened["id"]]
+        return await registry.get(opened["id"], "o")
+
+    assert asyncio.run(body())["status"] == "expired"
+
+
+def test_the_reaper_ends_what_was_idle_before_it_waits_on_any_release(tmp_path):
+    """A release takes up to 30 s: a session due with others took a call meanwhile and was then
+    expired while running it. Now all due sessions end at once, and a late call is refused."""
+    released: list[str] = []
+    slow = asyncio.Event()
+
+    class SlowWorkers(_NoWorkers):
+        async def release(self, session_id) -> None:
+            released.append(session_id)
+            await slow.wait()
+
+    async def body():
+        registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), SlowWorkers(), reap_every_s=3600)
+        first, second = [(await registry.open("o", "app", "latest", 1, None))["id"] for _ in range(2)]
+        await asyncio.sleep(1.1)
+        reaping = asyncio.create_task(registry.reap())
+        await asyncio.sleep(0.05)  # the reaper waits on the releases now
+        late_call = await registry.begin_call(second, "o", "app", "task-1")
+        slow.set()
+        assert sorted(await reaping) == sorted([first, second])
+        return late_call["status"], (await registry.get(second, "o"))["status"], sorted(released) == sorted([first, second])
+
+    assert asyncio.run(body()) == ("expired", "expired", True)
