@@ -40,11 +40,15 @@ class RemoteActor:
 
     def __getattr__(self, name: str):
         method = getattr(self._actor, name)
-        return lambda *args: method.remote(*args)
+        return lambda *args, **kwargs: method.remote(*args, **kwargs)
 
 
-def named_actor(cls: type, kind: str, database: str, *args: Any, **kwargs: Any) -> RemoteActor:
-    """The `kind` actor of this database: created once, found by name afterwards, restarted if it dies."""
+def named_actor(cls: type, kind: str, database: str, *args: Any, settings: dict[str, Any]) -> RemoteActor:
+    """The `kind` actor of this database: created once, found by name afterwards, restarted if it dies.
+
+    `settings` go to its constructor and, since an actor found by name keeps the arguments it
+    was made with (an earlier deploy's), to its `configure` too.
+    """
     actor_cls = ray.remote(cls).options(
         name=f"{kind}-" + hashlib.sha1(database.encode()).hexdigest()[:12],
         namespace=NAMESPACE,
@@ -55,7 +59,9 @@ def named_actor(cls: type, kind: str, database: str, *args: Any, **kwargs: Any) 
         num_cpus=0,
         max_concurrency=10_000,
     )
-    return RemoteActor(actor_cls.remote(database, *args, **kwargs))
+    actor = RemoteActor(actor_cls.remote(database, *args, **settings))
+    actor.configure(**settings)
+    return actor
 
 
 def made_here(handle: DeploymentHandle) -> DeploymentHandle:
@@ -80,13 +86,14 @@ class Ingress:
         if self.auth.open:
             _log.warning("no API keys configured: answering requests from this machine (loopback) only")
         database = state["database"]
-        store = named_actor(TaskStore, "tasks", database, retention_s=state["retention_s"], lease_s=state["lease_s"])
+        store = named_actor(TaskStore, "tasks", database,
+                            settings={"retention_s": state["retention_s"], "lease_s": state["lease_s"]})
         handles = {name: made_here(handle) for name, handle in handles.items()}
         backends = {name: serve_backend(handle) for name, handle in handles.items()}
         self.dispatcher = Dispatcher(store, backends, max_queued_tasks=state["max_queued_tasks"])
         self.files = ServerFiles(files)
-        registry = named_actor(SessionRegistry, "sessions", database, RayWorkers(), limit=state["max_sessions"],
-                               retention_s=state["retention_s"])
+        registry = named_actor(SessionRegistry, "sessions", database, RayWorkers(),
+                               settings={"limit": state["max_sessions"], "retention_s": state["retention_s"]})
         self.sessions = Sessions(registry, call_worker, self._worker_spec)
         self._handles = handles
         self._specs: dict[str, WorkerSpec] = {}

@@ -113,6 +113,10 @@ class SessionRegistry:
             session.expires = max(session.expires, time.time() + session.idle_timeout)
             self._active[session.id] = session
 
+    def configure(self, *, limit: int, retention_s: float) -> None:
+        """Take a deploy's settings (on Ray the registry outlives deploys, as the task store does)."""
+        self._limit, self._retention_s = limit, retention_s
+
     async def open(self, owner: str, app: str, version: str, idle_timeout: int, spec: Any) -> Optional[dict[str, Any]]:
         """Start a session and its worker; None at the limit of live sessions; `{"refused": why}` if it cannot start."""
         self._ensure_reaper()

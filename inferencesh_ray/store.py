@@ -87,6 +87,11 @@ class TaskStore:
             task = loads(body)
             self._live[task["id"]] = _Live(task, owner, dispatcher)
 
+    def configure(self, *, retention_s: float, lease_s: float) -> None:
+        """Take a deploy's settings. On Ray the store outlives deploys (found by name, not made
+        again), so a changed config reaches it only this way."""
+        self._retention_s, self._lease_s = retention_s, lease_s
+
     # -- creating and reading -------------------------------------------------
 
     async def create(
