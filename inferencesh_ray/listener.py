@@ -12,13 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
+import logging
 import socket
+import time
 from typing import Any, Iterator, Optional
 
 import uvicorn
 
 from .zerocopy import with_zero_copy
+
+_log = logging.getLogger(__name__)
+# A redeploy starts the new ingress replica while the old one still drains its door: the
+# port is waited for this long before the replica's start fails (Serve gives up on a
+# deployment after three failed starts, so failing at once could fail the redeploy).
+PORT_WAIT_S = 30.0
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -30,17 +39,23 @@ def parse_address(address: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def bind(address: str) -> socket.socket:
-    """A listening socket at `address`; an address in use is reported, not shared."""
+def bind(address: str, wait_s: float = PORT_WAIT_S) -> socket.socket:
+    """A listening socket at `address`; an address in use is waited for `wait_s`, then reported, never shared."""
     host, port = parse_address(address)
     family = socket.AF_INET6 if _is_ipv6(host) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise OSError(exc.errno, f"the ingress cannot listen on {address}: {exc.strerror}") from exc
+    deadline = time.monotonic() + wait_s
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            break
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise OSError(exc.errno, f"the ingress cannot listen on {address}: {exc.strerror}") from exc
+            _log.warning("%s is in use (a replica still shutting down?); waiting up to %.0f s", address, wait_s)
+            time.sleep(0.5)
     sock.listen(2048)
     sock.setblocking(False)
     return sock

@@ -2,6 +2,8 @@
 
 import asyncio
 import socket
+import threading
+import time
 
 import httpx
 import pytest
@@ -28,7 +30,21 @@ def test_a_port_in_use_is_reported_not_shared():
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match=f"the ingress cannot listen on 127.0.0.1:{port}"):
-            bind(f"127.0.0.1:{port}")
+            bind(f"127.0.0.1:{port}", wait_s=0.6)
+
+
+def test_a_port_freed_while_waiting_is_taken():
+    """A redeploy's new ingress starts while the old one still holds the port: it used to fail
+    at once, and after three such starts Serve fails the whole redeploy."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    threading.Timer(1.0, taken.close).start()
+    started = time.monotonic()
+    sock = bind(f"127.0.0.1:{port}", wait_s=10)
+    assert 0.9 < time.monotonic() - started < 5 and sock.getsockname()[1] == port
+    sock.close()
 
 
 def test_it_serves_the_app_in_the_running_loop_and_closes():
