@@ -127,6 +127,78 @@ def test_image_generate_upscale_inpaint_round_trip(image, tmp_path):
     assert inpainted[8:16, 10:20].mean() > 30  # the hole is filled from its neighbours
 
 
+def failure(session: "Session", function: str, data: dict) -> str:
+    last = session.events(function, data)[-1]
+    assert isinstance(last, Failed), last
+    return last.error
+
+
+def test_upscale_and_inpaint_refuse_images_over_the_pixel_limit(image, tmp_path):
+    Image.new("1", (600, 600)).save(tmp_path / "small.png")  # 4800x4800 at scale 8
+    error = failure(image, "upscale", {"image": str(tmp_path / "small.png"), "scale": 8})
+    assert "image 600x600 at scale 8.0 would be 4800x4800" in error and "pixel limit" in error
+    assert image("upscale", {"image": str(tmp_path / "small.png"), "scale": 6.8, "mode": "nearest"})["width"] == 4080
+    Image.new("1", (4097, 4096)).save(tmp_path / "huge.png")  # a few KB on disk, refused from its header
+    error = failure(image, "inpaint", {"image": str(tmp_path / "huge.png"), "box": [0, 0, 2, 2]})
+    assert "image is 4097x4096, over the 16777216 pixel limit" in error
+
+
+def test_inpaint_works_on_the_mask_region_with_the_same_result_as_on_the_whole_image():
+    module = load_app(str(EXAMPLES / "image_model")).module
+    app = module.App()
+    app.ops = module.ImageOps()
+    source = torch.rand(1, 3, 20, 30)
+    for rows, cols in ((slice(5, 9), slice(7, 12)), (slice(0, 3), slice(25, 30))):  # inside; at a corner
+        mask = torch.zeros(1, 1, 20, 30)
+        mask[..., rows, cols] = 1
+        assert torch.allclose(app._fill(source, mask, 50), app.ops.inpaint(source, mask, 50), atol=1e-6)
+
+
+@pytest.mark.parametrize("box, message", [
+    ([-5, -5, 3, 3], "box x and y must be 0 or more"), ([5, 5, -3, 3], "box width and height must be at least 1"),
+    ([5, 5, 0, 3], "box width and height must be at least 1"), (None, "give a mask or a box"),
+])
+def test_inpaint_refuses_a_box_that_fills_nothing_or_wraps_before_the_task_runs(box, message):
+    from pydantic import ValidationError
+
+    inpaint_input = load_app(str(EXAMPLES / "image_model")).module.InpaintInput
+    with pytest.raises(ValidationError, match=message):
+        inpaint_input(image="x.png", **({} if box is None else {"box": box}))
+
+
+def test_inpaint_clips_a_box_to_the_image_and_refuses_one_wholly_outside(image, tmp_path):
+    Image.new("RGB", (40, 24), (0, 0, 0)).save(tmp_path / "black.png")
+    Image.new("RGB", (40, 24), (200, 200, 200)).save(tmp_path / "grey.png")
+    grey = pixels(image("inpaint", {"image": str(tmp_path / "grey.png"), "box": [30, 20, 50, 50]})["image"])
+    assert (grey == 200).all()  # the corner is filled from its grey surroundings, nothing else changed
+    black = np.asarray(Image.open(tmp_path / "black.png").convert("RGB"), dtype=np.int16)
+    black[0:2, 0:2] = 255
+    Image.fromarray(black.astype(np.uint8)).save(tmp_path / "dots.png")
+    filled = pixels(image("inpaint", {"image": str(tmp_path / "dots.png"), "box": [0, 0, 2, 2]})["image"])
+    assert (filled == 0).all()  # the white corner was replaced, so the clipped box did fill it
+    outside = {"image": str(tmp_path / "black.png"), "box": [40, 0, 3, 3]}
+    assert "lies outside the 40x24 image" in failure(image, "inpaint", outside)
+
+
+def test_generate_bounds_the_seed_to_64_bits(image):
+    assert "seed" in failure(image, "generate", {"seed": 2**64, "width": 8, "height": 8})
+    assert "seed" in failure(image, "generate", {"seed": -1, "width": 8, "height": 8})
+    assert image("generate", {"seed": 2**63 - 1, "width": 8, "height": 8})["width"] == 8
+
+
+def test_sixteen_bit_grey_keeps_its_level_and_transparency_becomes_white(image, tmp_path):
+    Image.fromarray(np.full((6, 8), 32768, dtype=np.uint16)).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    grey = pixels(image("upscale", {"image": str(tmp_path / "g16.png"), "scale": 2, "mode": "nearest"})["image"])
+    assert (grey == 128).all()  # mid-grey, not clipped to near white
+    rgba = np.zeros((6, 8, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red hidden under alpha 0 on the left half, opaque blue on the right
+    rgba[:, 4:] = (0, 0, 255, 255)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    out = pixels(image("upscale", {"image": str(tmp_path / "rgba.png"), "scale": 2, "mode": "nearest"})["image"])
+    assert (out[:, :8] == 255).all() and (out[:, 8:] == (0, 0, 255)).all()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given on a machine without CUDA")
 @pytest.mark.parametrize("name, function, data", [
     ("image_model", "generate", {"width": 8, "height": 8}), ("text_embeddings", "embed", {"texts": ["x"]}),
@@ -224,6 +296,20 @@ def test_completion_is_stateless_and_deterministic(chat):
     assert len([w for w in limited.split() if any(c.isalnum() for c in w)]) <= 3
 
 
+def test_chat_counts_turns_past_the_trimmed_history_and_keeps_varying_its_replies(chat):
+    replies = [chat("chat", {"message": "Tell me about replicas.", "reset": i == 0, "max_words": 3})
+               for i in range(105)]
+    assert [r["turn"] for r in replies[99:]] == list(range(100, 106))
+    assert len(replies[-1]["history"]) == 200  # the history is trimmed, the turn count is not
+    assert len({r["reply"] for r in replies[100:]}) > 1  # the seed moves on with the turn
+    assert chat("chat", {"message": "Hi", "reset": True})["turn"] == 1
+
+
+def test_completion_of_a_blank_prompt_starts_with_its_first_word(chat):
+    text = chat("completion", {"prompt": "   ", "seed": 1})["text"]
+    assert text and text == text.lstrip()
+
+
 def test_a_new_setup_config_starts_a_fresh_conversation(chat):
     chat("chat", {"message": "Tell me about tasks.", "reset": True})
     bigram = chat("chat", {"message": "Tell me about tasks."}, {"order": 2})
@@ -300,3 +386,40 @@ def test_process_and_export_refuse_a_table_without_the_columns(pipeline, tmp_pat
         failed = pipeline.events(function, {"table": str(tmp_path / "bad.csv")})[-1]
         assert isinstance(failed, Failed)
         assert "the CSV lacks the column(s) order_id, date, region, product, quantity, unit_price" in failed.error
+
+
+HEADER = "order_id,date,region,product,quantity,unit_price\n"
+
+
+def test_an_error_in_a_multi_line_record_names_the_line_it_starts_on(pipeline, tmp_path):
+    (tmp_path / "quoted.csv").write_text(HEADER + '1,2026-01-05,north,"big\nwidget",x,3.50\n2,2026-01-06,south,gadget,y,2\n')
+    errors = pipeline("validate", {"table": str(tmp_path / "quoted.csv")})["errors"]
+    assert [(e["line"], e["value"]) for e in errors] == [(2, "x"), (4, "y")]
+
+
+def test_a_file_that_is_not_utf8_is_refused_with_the_field_and_the_remedy(pipeline, tmp_path):
+    (tmp_path / "latin1.csv").write_bytes((HEADER + "1,2026-01-05,Münster,widget,1,2\n").encode("latin-1"))
+    error = failure(pipeline, "validate", {"table": str(tmp_path / "latin1.csv")})
+    assert "table: the file is not UTF-8 text" in error and "save it as UTF-8" in error
+
+
+@pytest.mark.parametrize("quantity, price", [("1_000", "2"), ("+5", "2"), ("\u0665", "2"), ("5", "1_0"), ("5", "1e3")])
+def test_numbers_must_be_plain_ascii_digits(pipeline, tmp_path, quantity, price):
+    (tmp_path / "odd.csv").write_text(HEADER + f"1,2026-01-05,north,widget,{quantity},{price}\n", encoding="utf-8")
+    report = pipeline("validate", {"table": str(tmp_path / "odd.csv")})
+    assert report["invalid_rows"] == 1, report
+
+
+def test_a_price_of_minus_zero_is_written_as_zero(pipeline, tmp_path):
+    (tmp_path / "zero.csv").write_text(HEADER + "1,2026-01-05,north,widget,-0,-0\n")
+    with open(pipeline("process", {"table": str(tmp_path / "zero.csv")})["table"]["path"], newline="") as result:
+        row = next(csv.DictReader(result))
+    assert (row["quantity"], row["unit_price"], row["revenue"]) == ("0", "0.00", "0.00")
+
+
+def test_a_required_column_given_twice_is_reported_not_guessed(pipeline, tmp_path):
+    (tmp_path / "twice.csv").write_text(HEADER.strip() + ",quantity\n1,2026-01-05,north,widget,2,3.50,99\n")
+    report = pipeline("validate", {"table": str(tmp_path / "twice.csv")})
+    assert report["ok"] is False and report["duplicate_columns"] == ["quantity"]
+    error = failure(pipeline, "process", {"table": str(tmp_path / "twice.csv")})
+    assert "the CSV has the column(s) quantity more than once" in error

@@ -69,18 +69,23 @@ class App(BaseApp):
     async def setup(self, config: AppSetup) -> None:
         self.model = NGramModel(CORPUS.read_text(encoding="utf-8"), order=config.order)
         self.history: list[Message] = []
+        self.turns = 0  # user messages this conversation; kept apart from history, which is trimmed
         print(f"{config.order}-gram model trained on {sum(self.model.unigrams.values())} tokens of {CORPUS.name}")
 
     async def unload(self) -> None:
         del self.model
         self.history = []
+        self.turns = 0
 
     def chat(self, input_data: ChatInput, metadata: Metadata) -> ChatOutput:
         """Answer the next message of a conversation; the history stays in this app instance (use a session)."""
         if input_data.reset:
             self.history = []
+            self.turns = 0
         self.history.append(Message(role="user", content=input_data.message))
-        turn = sum(message.role == "user" for message in self.history)
+        # counted, not derived from the history: that stops at MAX_HISTORY, and the seed below needs the turn
+        self.turns += 1
+        turn = self.turns
         topic = self._topic()
         metadata.log(f"turn {turn}: replying from {topic!r}" if topic else f"turn {turn}: no known word, starting fresh")
         rng = random.Random(f"{input_data.seed}|{turn}|{input_data.message}")
@@ -98,8 +103,9 @@ class App(BaseApp):
         words = self.model.continue_from(prompt, rng, input_data.max_words)
         completion = self.model.text(words, sentence_start=not prompt or prompt[-1] in SENTENCE_END)
         metadata.log(f"continued with {len(completion.split())} word(s)")
-        joiner = "" if not words or not words[0][0].isalnum() else " "
-        return CompletionOutput(completion=completion, text=input_data.prompt.rstrip() + joiner + completion)
+        start = input_data.prompt.rstrip()
+        joiner = "" if not start or not words or not words[0][0].isalnum() else " "  # no space before nothing
+        return CompletionOutput(completion=completion, text=start + joiner + completion)
 
     def _topic(self) -> str | None:
         """The rarest word the model knows in the latest message, else in the earlier user turns."""

@@ -4,7 +4,9 @@ What it is: plain data processing, no model. The input is a CSV file of orders w
 columns `order_id, date, region, product, quantity, unit_price` (more columns are
 allowed and ignored; the delimiter may be `,`, `;` or a tab). A row is good when its
 order id is new, the date is `YYYY-MM-DD`, region and product are not blank, quantity is
-a whole number >= 0 and unit_price a number >= 0.
+a whole number >= 0 and unit_price a decimal number >= 0, both in ASCII digits (`12`,
+`2.50`; not `1_000`, `+5` or `1e3`). The file must be UTF-8 (a BOM is fine); each required
+column must appear once in the header. An error's line is the line its record starts on.
 
 - `validate` reports the table's shape and every bad row, and writes no file.
 - `process` keeps the good rows, cleaned (trimmed, region in title case, product in lower
@@ -21,6 +23,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +37,9 @@ from inferencesh_ray import BaseApp, BaseAppInput, BaseAppOutput, File, Metadata
 COLUMNS = ["order_id", "date", "region", "product", "quantity", "unit_price"]
 CENTS = Decimal("0.01")
 MAX_QUANTITY, MAX_PRICE = 10**9, Decimal(10**12)  # keeps revenue exact in Decimal's 28 digits
+# int() and Decimal() also take "1_000", "+5", "1e3" and non-ASCII digits: not what a table means
+WHOLE = re.compile(r"-?[0-9]+")
+DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 class TableInput(BaseAppInput):
@@ -53,6 +59,7 @@ class ValidationReport(BaseAppOutput):
     rows: int = Field(description="Data rows read (the header not counted)")
     columns: list[str] = Field(description="The header, as read")
     missing_columns: list[str] = Field(description="Required columns the header lacks")
+    duplicate_columns: list[str] = Field(description="Required columns the header has more than once")
     valid_rows: int = Field(description="Rows that pass every check")
     invalid_rows: int = Field(description="Rows with at least one error")
     errors: list[RowError] = Field(description="The errors, in file order, up to max_errors")
@@ -102,6 +109,7 @@ class Table:
 
     columns: list[str]
     missing: list[str]
+    duplicated: list[str]
     rows: int
     orders: list[Order]
     errors: list[RowError]
@@ -115,6 +123,8 @@ class Table:
             raise ValueError(
                 f"the CSV lacks the column(s) {', '.join(self.missing)}; its header is {', '.join(self.columns) or 'empty'}"
             )
+        if self.duplicated:
+            raise ValueError(f"the CSV has the column(s) {', '.join(self.duplicated)} more than once; keep one of each")
 
 
 class App(BaseApp):
@@ -123,10 +133,11 @@ class App(BaseApp):
         table = read_orders(input_data.table.path)
         metadata.log(f"{table.rows} row(s): {len(table.orders)} good, {table.invalid_rows} bad")
         return ValidationReport(
-            ok=not table.missing and not table.errors,
+            ok=not table.missing and not table.duplicated and not table.errors,
             rows=table.rows,
             columns=table.columns,
             missing_columns=table.missing,
+            duplicate_columns=table.duplicated,
             valid_rows=len(table.orders),
             invalid_rows=table.invalid_rows,
             errors=table.errors[: input_data.max_errors],
@@ -172,21 +183,38 @@ class App(BaseApp):
         return ExportOutput(file=File(path=path, content_type=content_type), records=len(records), dropped=table.invalid_rows)
 
 
+def read_text(path: str, field: str = "table") -> str:
+    """The file as text; a clear error, naming the field, when it is not UTF-8."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as source:
+            return source.read()
+    except UnicodeDecodeError as error:  # guessing another encoding could silently garble names
+        raise ValueError(
+            f"{field}: the file is not UTF-8 text (byte {error.object[error.start]:#04x} at offset {error.start}); "
+            "save it as UTF-8 (\"CSV UTF-8\" in a spreadsheet) and send it again"
+        ) from None
+
+
 def read_orders(path: str) -> Table:
-    with open(path, newline="", encoding="utf-8-sig") as source:
-        text = source.read()
+    text = read_text(path)
     reader = csv.reader(io.StringIO(text), _dialect(text))
     header = [name.strip() for name in next(reader, [])]
     missing = [name for name in COLUMNS if name not in header]
-    if missing:
-        return Table(columns=header, missing=missing, rows=sum(1 for row in reader if any(row)), orders=[], errors=[])
+    # which of two "quantity" columns is meant cannot be told: refuse rather than pick one
+    duplicated = [name for name in COLUMNS if header.count(name) > 1]
+    if missing or duplicated:
+        rows = sum(1 for row in reader if any(row))
+        return Table(columns=header, missing=missing, duplicated=duplicated, rows=rows, orders=[], errors=[])
     index = {name: header.index(name) for name in COLUMNS}
     orders, errors, first_seen, rows = [], [], {}, 0
-    for fields in reader:
+    while True:
+        line = reader.line_num + 1  # where the record starts: a quoted field may span lines
+        fields = next(reader, None)
+        if fields is None:
+            break
         if not any(field.strip() for field in fields):
             continue  # blank lines are not rows
         rows += 1
-        line = reader.line_num
         if len(fields) != len(header):
             errors.append(RowError(line=line, message=f"expected {len(header)} fields, found {len(fields)}"))
             continue
@@ -199,7 +227,7 @@ def read_orders(path: str) -> Table:
         else:
             first_seen[order.order_id] = line
             orders.append(order)
-    return Table(columns=header, missing=[], rows=rows, orders=orders, errors=errors)
+    return Table(columns=header, missing=[], duplicated=[], rows=rows, orders=orders, errors=errors)
 
 
 def parse_order(values: dict[str, str], line: int) -> tuple[Optional[Order], list[RowError]]:
@@ -216,23 +244,36 @@ def parse_order(values: dict[str, str], line: int) -> tuple[Optional[Order], lis
         date = datetime.strptime(values["date"], "%Y-%m-%d").date().isoformat()
     except ValueError:
         bad("date", "not a valid date of the form YYYY-MM-DD")
-    try:
-        quantity = int(values["quantity"])
-        if not 0 <= quantity <= MAX_QUANTITY:
-            bad("quantity", f"must be from 0 to {MAX_QUANTITY}")
-    except ValueError:
+    quantity = parse_whole(values["quantity"])
+    if quantity is None:
         bad("quantity", "not a whole number")
-    try:
-        unit_price = Decimal(values["unit_price"])
-        if not unit_price.is_finite() or not 0 <= unit_price <= MAX_PRICE:
-            bad("unit_price", f"must be a number from 0 to {MAX_PRICE}")
-    except InvalidOperation:
+    elif not 0 <= quantity <= MAX_QUANTITY:
+        bad("quantity", f"must be from 0 to {MAX_QUANTITY}")
+    unit_price = parse_decimal(values["unit_price"])
+    if unit_price is None:
         bad("unit_price", "not a number")
+    elif not 0 <= unit_price <= MAX_PRICE:
+        bad("unit_price", f"must be a number from 0 to {MAX_PRICE}")
     if errors:
         return None, errors
+    assert quantity is not None and unit_price is not None
+    unit_price = unit_price.copy_abs()  # "-0" is 0 (negatives were refused above): never written "-0.00"
     region = " ".join(values["region"].split()).title()
     product = " ".join(values["product"].split()).lower()
     return Order(values["order_id"], date, region, product, quantity, unit_price), []
+
+
+def parse_whole(text: str) -> Optional[int]:
+    """An optionally negative run of ASCII digits as an int, else None."""
+    return int(text) if WHOLE.fullmatch(text) else None
+
+
+def parse_decimal(text: str) -> Optional[Decimal]:
+    """A plain decimal number in ASCII digits ("2.50", ".5", "-1") as a Decimal, else None."""
+    try:
+        return Decimal(text) if DECIMAL.fullmatch(text) else None
+    except InvalidOperation:  # cannot happen for text the pattern accepts; kept as a guard
+        return None
 
 
 def cleaned_row(order: Order) -> list[str]:
