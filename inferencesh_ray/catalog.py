@@ -17,6 +17,7 @@ from jsonschema import Draft202012Validator
 from .discovery import DEFAULT_FUNCTION
 from .host import config_key
 from .problems import ApiProblem, invalid_fields, not_found
+from .refs import parse_ref
 
 LATEST = "latest"
 _MESSAGE_LIMIT = 240
@@ -47,21 +48,6 @@ class AppInfo:
             "default_function": self.schema.get("default_function"),
             "functions": list(self.functions),
         }
-
-
-@dataclass(frozen=True)
-class Ref:
-    name: str
-    version: Optional[str]
-    function: Optional[str]
-
-
-def parse_ref(ref: str) -> Ref:
-    """`[namespace/]name[@version][:function]`; `@latest` means unversioned."""
-    rest, _, function = ref.partition(":")
-    rest, _, version = rest.partition("@")
-    name = rest.rsplit("/", 1)[-1].strip()
-    return Ref(name=name, version=version.strip() or None, function=function.strip() or None)
 
 
 class AppCatalog:

@@ -11,6 +11,7 @@ import httpx
 from ._config import STREAM_HEADERS, ClientConfig
 from ._files import InputFiles, PendingUpload
 from ._stream import StreamOptions, TaskWatch
+from ..refs import Ref, parse_ref
 from ._wire import route
 
 
@@ -59,10 +60,9 @@ class InputSchemas:
         self._apps: dict[str, tuple[float, Any]] = {}
 
     def path(self, params: dict[str, Any]) -> Optional[str]:
-        """The schema's path for the app `params` names (`[namespace/]name[@version][:function]`), if any."""
-        ref = params.get("app") or params.get("app_id")
-        name = ref.partition(":")[0].partition("@")[0].rsplit("/", 1)[-1].strip() if isinstance(ref, str) else ""
-        return route("/apps/{}/schema", name) if name else None
+        """The schema's path for the app `params` names, if any."""
+        ref = _ref(params)
+        return route("/apps/{}/schema", ref.name) if ref is not None and ref.name else None
 
     def missing(self, params: dict[str, Any]) -> Optional[str]:
         """The path to ask for the schema `params` needs, or None when it is kept (or there is none)."""
@@ -79,11 +79,16 @@ class InputSchemas:
         schema = self._apps.get(path, (0.0, None))[1] if path is not None else None
         if not isinstance(schema, dict) or not isinstance(schema.get("functions"), dict):
             return None
-        ref = params.get("app") or params.get("app_id")
-        named = params.get("function") or (ref.partition(":")[2] if isinstance(ref, str) else "")
+        ref = _ref(params)
+        named = params.get("function") or (ref.function if ref is not None else None)
         function = schema["functions"].get(named or schema.get("default_function") or "run")
         found = function.get("input_schema") if isinstance(function, dict) else None
         return found if isinstance(found, dict) else None
+
+
+def _ref(params: dict[str, Any]) -> Optional[Ref]:
+    ref = params.get("app") or params.get("app_id")
+    return parse_ref(ref) if isinstance(ref, str) else None
 
 
 class StreamHandle:
