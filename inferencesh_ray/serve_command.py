@@ -56,12 +56,15 @@ def serve_forever(
     try:
         if config is not None:
             names = _deploy_config(config, host, port)
+            routed = _routed_names(config)
         else:
-            names = [_deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file, listen)]
-        if not _wait_running(names, stop):
+            names = routed = [_deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file, listen)]
+        proxy = _running_proxy(host, port)
+        if not _wait_running(names, stop) or not _wait_routed(proxy or "", routed if proxy else [], stop):
             return 1
-        where = f"http://{host}:{port}" + "".join(f" and, without Serve's proxy, http://{door}" for door in listens)
-        _say(f"serving {', '.join(names)} at {where} (API docs: /docs); Ctrl-C to stop")
+        where = " and, without Serve's proxy, ".join(([proxy] if proxy else []) + [f"http://{door}" for door in listens])
+        where = f"at {where} (API docs: /docs)" if where else "with no HTTP door (Serve's proxy is disabled, no `listen`)"
+        _say(f"serving {', '.join(names)} {where}; Ctrl-C to stop")
         stop.wait()
         _say("shutting down: unloading apps...")
         return 0
@@ -174,6 +177,55 @@ def _wait_running(names: list[str], stop: threading.Event, timeout_s: float = 60
     if not stop.is_set():
         _say(f"error: not running after {timeout_s:.0f} s")
     return False
+
+
+def _wait_routed(proxy: str, names: list[str], stop: threading.Event, timeout_s: float = 60) -> bool:
+    """Wait until Serve's proxy at `proxy` routes every app in `names`: an app is RUNNING before
+    the proxy has its route, and until then a request there is a 404."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while names and time.monotonic() < deadline and not stop.is_set():
+        try:
+            response = httpx.get(f"{proxy}/-/routes", timeout=5)
+            if response.status_code == 200 and set(names) <= set(response.json().values()):
+                return True
+        except (httpx.HTTPError, ValueError):
+            pass  # the proxy is still starting
+        time.sleep(0.2)
+    if not names:
+        return True
+    if not stop.is_set():
+        _say(f"error: Serve's proxy at {proxy} did not route {', '.join(names)} within {timeout_s:.0f} s")
+    return False
+
+
+def _routed_names(config: Any) -> list[str]:
+    """The config's apps that Serve's HTTP proxy routes to."""
+    return [app.name for app in config.applications if app.route_prefix is not None]
+
+
+def _running_proxy(host: str, port: int) -> Optional[str]:
+    """Where this machine reaches Serve's HTTP proxy, or None when it has none. Serve already
+    running on a joined Ray keeps its own host and port, whatever this command asked for."""
+    import ray
+    from ray.serve.config import ProxyLocation
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if ray.get(client._controller.get_proxy_location.remote()) in (None, ProxyLocation.Disabled):
+        return None
+    running = client.http_config
+    if (running.host, running.port) != (host, port):
+        _say(f"note: Serve is already running on this Ray with its proxy on {running.host}:{running.port}; "
+             "that address is kept (`serve shutdown` to change it)")
+    return _proxy_url(running.host, running.port)
+
+
+def _proxy_url(host: str, port: int) -> str:
+    """Where this machine reaches a proxy bound to `host`."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _say(message: str) -> None:

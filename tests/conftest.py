@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,8 +38,10 @@ class RayServe:
         from ray import serve
 
         from inferencesh_ray.builder import build
+        from inferencesh_ray.serve_command import _wait_routed
 
         serve.run(build(args), name=name, route_prefix=f"/{name}")
+        assert _wait_routed(f"http://127.0.0.1:{self.port}", [name], threading.Event()), f"{name} not routed"
         return f"http://127.0.0.1:{self.port}/{name}"
 
     def lifecycle(self) -> list[str]:

@@ -23,7 +23,7 @@ from conftest import APPS, ROOT
 from inferencesh import inference
 from ray import serve
 
-from inferencesh_ray.serve_command import _deploy_config, _read_config, _wait_running
+from inferencesh_ray.serve_command import _deploy_config, _read_config, _wait_routed, _wait_running
 from inferencesh_ray.status import TaskStatus
 
 pytestmark = pytest.mark.ray
@@ -51,6 +51,7 @@ def deploy_config(ray_serve, tmp_path, name, deployment_options, **args):
     path.write_text(yaml.safe_dump(config))
     _deploy_config(_read_config(path), "127.0.0.1", ray_serve.port)
     assert _wait_running([name], threading.Event(), timeout_s=120)
+    assert _wait_routed(f"http://127.0.0.1:{ray_serve.port}", [name], threading.Event())
     return f"http://127.0.0.1:{ray_serve.port}/{name}"
 
 

@@ -114,6 +114,9 @@ def test_infsh_ray_serve_blocks_until_sigterm_then_unloads(ray_serve, tmp_path):
         lines = []
         wait_for(lambda: lines.append(process.stderr.readline()) or "serving cli-app" in lines[-1], timeout=120)
         url = f"http://127.0.0.1:{ray_serve.port}"
+        # The joined Serve keeps its own port, and the command says where it really serves.
+        assert f"Serve is already running on this Ray with its proxy on 127.0.0.1:{ray_serve.port}" in "".join(lines)
+        assert f"serving cli-app at {url} (API docs" in lines[-1]
         assert inference(api_key="k", base_url=url).run({"app": "cli-app", "input": {"text": "x"}})["output"]["text"] == "x"
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0

@@ -25,7 +25,7 @@ import yaml  # noqa: E402
 from inferencesh import UploadFileOptions, inference  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from inferencesh_ray.serve_command import _deploy_config, _read_config, _wait_running  # noqa: E402
+from inferencesh_ray.serve_command import _deploy_config, _read_config, _wait_routed, _wait_running  # noqa: E402
 
 APPS = Path(__file__).resolve().parent / "apps"
 
@@ -38,6 +38,8 @@ def main(endpoint: str, bucket: str, port: int) -> None:
     data = tempfile.mkdtemp(prefix="two-node-")
     options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "eu-west-1"}}
     config = {
+        # Both nodes share 127.0.0.1, where a second proxy would share the port (SO_REUSEPORT).
+        "proxy_location": "HeadOnly",
         "applications": [{
             "name": "two-node",
             "route_prefix": "/",
@@ -54,6 +56,7 @@ def main(endpoint: str, bucket: str, port: int) -> None:
     path.write_text(yaml.safe_dump(config))
     names = _deploy_config(_read_config(path), "127.0.0.1", port)
     assert _wait_running(names, threading.Event(), timeout_s=180), "not running"
+    assert _wait_routed(f"http://127.0.0.1:{port}", names, threading.Event()), "not routed"
     blob = bytes(range(256)) * 16
     sdk = inference(api_key="k", base_url=f"http://127.0.0.1:{port}")
     uploaded = sdk.files.upload(blob, UploadFileOptions(filename="cross.bin"))
