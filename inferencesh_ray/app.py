@@ -7,6 +7,8 @@ app written for us reads like one written for inference.sh.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
@@ -40,6 +42,17 @@ class Metadata(BaseModel):
     user_id: Optional[str] = None
 
     _log_sink: Optional[Callable[[str], None]] = PrivateAttr(default=None)
+    _output_dir: Optional[Callable[[], Path]] = PrivateAttr(default=None)
+
+    @property
+    def output_dir(self) -> Path:
+        """A directory of this task's own for its output files. The server stores the files
+        the outputs name, then deletes the directory when the task ends, so a long-lived
+        replica keeps nothing. Outside a server, a new temporary directory, left in place."""
+        if self._output_dir is None:
+            made = Path(tempfile.mkdtemp(prefix="infsh-out-"))
+            self._output_dir = lambda: made
+        return self._output_dir()
 
     def log(self, message: Any) -> None:
         """Record one log line for the running task (printed to stderr outside a task)."""

@@ -34,6 +34,10 @@ class FileScope:
 
 
 class FileAccess(Protocol):
+    stores_outputs: bool
+    """Whether `publish` keeps its own copy of an output file, so the task's output
+    directory can go when the task ends; the dev loop's outputs stay where they are."""
+
     async def fetch(self, value: "str | dict[str, Any]", workdir: Path, scope: Optional[FileScope] = None) -> dict[str, Any]:
         """A file dict (uri, path, content_type, size, filename) whose `path` is a local file."""
 
@@ -103,6 +107,8 @@ async def decode_data_uri(uri: str, workdir: Path) -> tuple[str, str]:
 
 class LocalFiles:
     """The dev loop's files: the developer's own disk and URLs, outputs kept local."""
+
+    stores_outputs = False
 
     async def fetch(self, value: "str | dict[str, Any]", workdir: Path, scope: Optional[FileScope] = None) -> dict[str, Any]:
         given = as_file_dict(value)

@@ -81,15 +81,18 @@ class SetupConfig:
 
 
 class _Scratch:
-    """A task's temporary directory for its input files, made on first use.
+    """A task's temporary directory for its input files and, in `outputs`, the app's output
+    files (`metadata.output_dir`), made on first use.
 
     It is removed when its last holder lets go: the task, and for a batched function the
     batcher too, which lets go when the batch holding the task's input has ended; a task
     cancelled meanwhile must not delete files the rest of its batch is still reading.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, keep_outputs: bool = False) -> None:
         self._path: Optional[Path] = None
+        self._outputs: Optional[Path] = None
+        self._keep_outputs = keep_outputs  # nothing stores a copy of them: the dev loop
         self._holders = 1  # the task's own
 
     @property
@@ -97,6 +100,16 @@ class _Scratch:
         if self._path is None:
             self._path = Path(tempfile.mkdtemp(prefix="infsh-task-"))
         return self._path
+
+    @property
+    def outputs(self) -> Path:
+        if self._outputs is None:
+            if self._keep_outputs:
+                self._outputs = Path(tempfile.mkdtemp(prefix="infsh-out-"))
+            else:  # apart from the inputs, whose names the client chose
+                self._outputs = self.path / "outputs"
+                self._outputs.mkdir()
+        return self._outputs
 
     def hold(self) -> None:
         self._holders += 1
@@ -232,7 +245,8 @@ class AppHost:
     async def _serve(self, call: Call, emit: Callable[[Any], None]) -> None:
         metadata = Metadata(**{"app_id": self.app_id, **call.metadata})
         metadata._log_sink = lambda text: emit(Log(text))
-        scratch = _Scratch()
+        scratch = _Scratch(keep_outputs=not self.files.stores_outputs)
+        metadata._output_dir = lambda: scratch.outputs
         try:
             with logs.capture(metadata._log_sink):
                 function = self.function(call.function)

@@ -68,6 +68,8 @@ class Source:
 
 
 class ServerFiles:
+    stores_outputs = True
+
     def __init__(self, config: FilesConfig) -> None:
         self.config = config
         self.store = FileStore(config.root, config.options)

@@ -379,6 +379,31 @@ def test_a_task_cancelled_while_its_batch_runs_leaves_its_input_files_to_the_bat
     assert scratch_dirs() == []  # the batch let go of gone's files when it ended
 
 
+def test_each_task_writes_its_outputs_in_its_own_directory_which_goes_once_they_are_stored(files_app, scratch_dirs, tmp_path):
+    from helpers import local_files
+
+    from inferencesh_ray.file_access import FileScope
+
+    app_cls, _ = files_app
+    scope = FileScope(owner="me", base_url="http://server")
+    calls = [Call("write", doc(b"one"), scope=scope), Call("write", doc(b"three"), scope=scope)]
+    results = run_on(app_cls, lambda host: run_together(host, calls), files=local_files(tmp_path / "store"))
+    stored = [events[-1].output["doc"] for events in results]
+    assert [file["size"] for file in stored] == [3, 5]  # not one task's file stored for both
+    assert [file["filename"] for file in stored] == ["out.txt", "out.txt"]
+    blobs = sorted(path.read_bytes() for path in (tmp_path / "store").rglob("*") if path.is_file() and path.suffix != ".json")
+    assert b"ONE" in blobs and b"THREE" in blobs
+    assert scratch_dirs() == []  # the written files went with their tasks
+
+
+def test_in_the_dev_loop_output_files_stay_where_the_app_wrote_them(files_app, scratch_dirs):
+    app_cls, _ = files_app
+    results = run_on(app_cls, lambda host: run_together(host, [Call("write", doc(b"one")), Call("write", doc(b"two"))]))
+    paths = [events[-1].output["doc"]["path"] for events in results]
+    assert [open(path, "rb").read() for path in paths] == [b"ONE", b"TWO"]  # nothing stores a copy of them
+    assert scratch_dirs() == []
+
+
 def test_batched_tasks_input_files_live_until_their_outputs_are_published_and_no_longer(files_app, scratch_dirs):
     app_cls, _ = files_app
 

@@ -453,3 +453,12 @@ def test_stop_iteration_in_sync_app_code_fails_the_task_instead_of_hanging(apps)
     assert "stop_iteration.py" in missing.traceback and "in _look_up" in missing.traceback
     assert found == Completed({"text": "A"})  # the instance is free again
     assert broken.error == f"setup failed: RuntimeError: setup {hint}"
+
+
+def test_metadata_output_dir_outside_a_server_is_one_new_directory_left_in_place():
+    from inferencesh_ray import Metadata
+
+    metadata = Metadata()
+    assert metadata.output_dir == metadata.output_dir and metadata.output_dir.is_dir()
+    assert Metadata().output_dir != metadata.output_dir
+    assert "output_dir" not in metadata.model_dump()  # not a fact sent with the task

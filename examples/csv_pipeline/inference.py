@@ -22,9 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -152,14 +150,14 @@ class App(BaseApp):
             header, rows = ["group", "orders", "quantity", "revenue"], totals(orders, input_data.group_by)
         else:
             header, rows = [*COLUMNS, "revenue"], [cleaned_row(order) for order in orders]
-        path = _output_path("processed", ".csv")
+        path = metadata.output_dir / "processed.csv"
         with open(path, "w", newline="", encoding="utf-8") as out:
             writer = csv.writer(out)
             writer.writerow(header)
             writer.writerows(rows)
         metadata.log(f"wrote {len(rows)} row(s), dropped {table.invalid_rows}")
         return ProcessOutput(
-            table=File(path=path),
+            table=File(path=str(path)),
             rows_in=table.rows,
             rows_out=len(rows),
             dropped=table.invalid_rows,
@@ -171,7 +169,7 @@ class App(BaseApp):
         table = read_orders(input_data.table.path)
         table.require_columns()
         records = [record(order) for order in sorted(table.orders, key=lambda order: (order.date, order.order_id))]
-        path = _output_path("orders", f".{input_data.format}")
+        path = metadata.output_dir / f"orders.{input_data.format}"
         with open(path, "w", encoding="utf-8") as out:
             if input_data.format == "json":
                 json.dump(records, out, indent=2)
@@ -180,7 +178,7 @@ class App(BaseApp):
                 out.writelines(json.dumps(item) + "\n" for item in records)
         metadata.log(f"exported {len(records)} record(s) as {input_data.format}")
         content_type = "application/json" if input_data.format == "json" else "application/x-ndjson"
-        return ExportOutput(file=File(path=path, content_type=content_type), records=len(records), dropped=table.invalid_rows)
+        return ExportOutput(file=File(path=str(path), content_type=content_type), records=len(records), dropped=table.invalid_rows)
 
 
 def read_text(path: str, field: str = "table") -> str:
@@ -311,7 +309,3 @@ def _dialect(text: str) -> type[csv.Dialect] | csv.Dialect:
         return csv.excel
 
 
-def _output_path(stem: str, suffix: str) -> str:
-    fd, path = tempfile.mkstemp(prefix=f"{stem}-", suffix=suffix)
-    os.close(fd)
-    return path

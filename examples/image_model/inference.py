@@ -15,8 +15,6 @@ a replica's memory.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Literal, Optional
 
 import numpy as np
@@ -148,7 +146,7 @@ class App(BaseApp):
         """Render a seeded procedural texture."""
         metadata.log(f"generating {input_data.width}x{input_data.height} texture, seed {input_data.seed}")
         image = self.ops.generate(input_data.seed, input_data.height, input_data.width, input_data.waves)
-        return self._save(image, "generated")
+        return self._save(image, "generated", metadata)
 
     @torch.inference_mode()
     def upscale(self, input_data: UpscaleInput, metadata: Metadata) -> ImageOutput:
@@ -163,7 +161,7 @@ class App(BaseApp):
             )
         image = self._load(input_data.image.path)
         metadata.log(f"upscaling {width}x{height} by {input_data.scale} ({input_data.mode})")
-        return self._save(self.ops.upscale(image, input_data.scale, input_data.mode), "upscaled")
+        return self._save(self.ops.upscale(image, input_data.scale, input_data.mode), "upscaled", metadata)
 
     @torch.inference_mode()
     def inpaint(self, input_data: InpaintInput, metadata: Metadata) -> ImageOutput:
@@ -171,7 +169,7 @@ class App(BaseApp):
         image = self._load(input_data.image.path)
         mask = self._mask(input_data, image.shape[-2], image.shape[-1])
         metadata.log(f"inpainting {int(mask.sum())} pixels over {input_data.iterations} steps")
-        return self._save(self._fill(image, mask, input_data.iterations), "inpainted")
+        return self._save(self._fill(image, mask, input_data.iterations), "inpainted", metadata)
 
     def run(self, input_data: GenerateInput, metadata: Metadata) -> ImageOutput:
         """The default function: same as generate."""
@@ -210,12 +208,11 @@ class App(BaseApp):
             mask = box_mask(input_data.box, height, width)
         return mask[None, None].to(self.device, self.dtype)
 
-    def _save(self, image: torch.Tensor, stem: str) -> ImageOutput:
+    def _save(self, image: torch.Tensor, stem: str, metadata: Metadata) -> ImageOutput:
         array = (image[0].float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-        fd, path = tempfile.mkstemp(prefix=f"{stem}-", suffix=".png")
-        os.close(fd)
+        path = metadata.output_dir / f"{stem}.png"  # the server stores it, then deletes the directory
         Image.fromarray(array).save(path)
-        return ImageOutput(image=File(path=path), width=array.shape[1], height=array.shape[0])
+        return ImageOutput(image=File(path=str(path)), width=array.shape[1], height=array.shape[0])
 
 
 def box_mask(box: list[int], height: int, width: int) -> torch.Tensor:

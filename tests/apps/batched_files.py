@@ -1,10 +1,11 @@
-"""A test app with batched functions on input files: one reads them after the model's work, one returns them."""
+"""A test app with batched functions on input files: one reads them after the model's work, one returns them,
+one writes each task's output in its own `metadata.output_dir`."""
 
 import asyncio
 
 from lifecycle import EVENTS, record  # noqa: F401  (tests read EVENTS)
 
-from inferencesh_ray import BaseApp, BaseAppInput, BaseAppOutput, File, batched
+from inferencesh_ray import BaseApp, BaseAppInput, BaseAppOutput, File, Metadata, batched
 
 
 class In(BaseAppInput):
@@ -33,3 +34,12 @@ class App(BaseApp):
     @batched(max_batch_size=8, max_wait_ms=50)
     async def echo(self, inputs: list[In]) -> list[Same]:
         return [Same(doc=item.doc) for item in inputs]
+
+    @batched(max_batch_size=8, max_wait_ms=50)
+    async def write(self, inputs: list[In], metadata: list[Metadata]) -> list[Same]:
+        outputs = []
+        for item, meta in zip(inputs, metadata):
+            path = meta.output_dir / "out.txt"  # one name for every task: each has its own directory
+            path.write_bytes(open(item.doc.path, "rb").read().upper())
+            outputs.append(Same(doc=File(path=str(path))))
+        return outputs
