@@ -96,16 +96,16 @@ class Ingress:
                                settings={"limit": state["max_sessions"], "retention_s": state["retention_s"]})
         self.sessions = Sessions(registry, call_worker, self._worker_spec)
         self._handles = handles
-        self._specs: dict[str, WorkerSpec] = {}
         self._asgi = create_app(self.catalog, self.dispatcher, self.auth, self.files, self.sessions, max_request_bytes)
         self._listener = Listener(self._asgi, state["listen"]) if state.get("listen") else None
 
     async def _worker_spec(self, app: AppInfo) -> WorkerSpec:
-        """A session worker for `app`: its code, files and the resources of its deployment's replicas."""
-        if app.name not in self._specs:
-            options = await self._handles[app.name].actor_options.remote()
-            self._specs[app.name] = WorkerSpec(app.name, app.path, self.files.config, options, app.batching)
-        return self._specs[app.name]
+        """A session worker for `app`: its code, files and the resources of its deployment's replicas.
+
+        Asked afresh for each session (starting its actor costs far more): a redeploy that
+        changes only the deployment's options restarts its replicas, not this ingress."""
+        options = await self._handles[app.name].actor_options.remote()
+        return WorkerSpec(app.name, app.path, self.files.config, options, app.batching)
 
     def __serve_build_asgi_app__(self):
         return self._asgi

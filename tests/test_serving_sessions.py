@@ -142,3 +142,37 @@ def test_a_redeploy_with_other_settings_reaches_the_registry_it_finds(ray_serve,
     finally:
         sdk(url).sessions.end(opened["session_id"])
         serve.delete("resized")
+
+
+def test_a_session_opened_after_a_redeploy_gets_the_deployments_new_resources(ray_serve, tmp_path):
+    """The ingress read a deployment's actor options once and kept them, though a config
+    redeploy that changes only them restarts that deployment's replicas, not the ingress."""
+    import threading
+
+    import yaml
+
+    from inferencesh_ray.serve_command import _deploy_config, _read_config, _wait_routed, _wait_running
+
+    def deploy(num_cpus: float) -> str:
+        config = {"applications": [{
+            "name": "resources", "route_prefix": "/resources", "import_path": "inferencesh_ray:build",
+            "args": {"path": str(APPS / "memory_app.py"), "data_dir": str(tmp_path)},
+            "deployments": [{"name": "memory-app", "ray_actor_options": {"num_cpus": num_cpus}}],
+        }]}
+        path = tmp_path / "resources.yaml"
+        path.write_text(yaml.safe_dump(config))
+        _deploy_config(_read_config(path), "127.0.0.1", ray_serve.port)
+        assert _wait_running(["resources"], threading.Event(), timeout_s=120)
+        assert _wait_routed(f"http://127.0.0.1:{ray_serve.port}", ["resources"], threading.Event())
+        return f"http://127.0.0.1:{ray_serve.port}/resources"
+
+    try:
+        for cpus in (0.5, 0.25):
+            client = sdk(deploy(cpus))
+            # Until the redeploy has replaced the replicas, tasks still reach the old ones.
+            wait_for(lambda: client.run({"app": "memory-app", "input": {"text": "x"}})["output"]["cpus"] == cpus, 120)
+            opened = client.run({"app": "memory-app", "input": {"text": "a"}, "session": "new"})
+            client.sessions.end(opened["session_id"])
+            assert opened["output"]["cpus"] == cpus
+    finally:
+        serve.delete("resources")

@@ -20,6 +20,7 @@ class Memory(BaseAppOutput):
     instance: str
     pid: int
     session_id: Optional[str] = None
+    cpus: Optional[float] = None  # what Ray gave this process, on Ray
 
 
 class App(BaseApp):
@@ -39,4 +40,11 @@ class App(BaseApp):
             record(f"cancelled:{data.text}")
             raise
         self.history.append(data.text)
-        return Memory(history=list(self.history), instance=self.instance, pid=os.getpid(), session_id=metadata.session_id)
+        return Memory(history=list(self.history), instance=self.instance, pid=os.getpid(), session_id=metadata.session_id,
+                      cpus=_assigned_cpus())
+
+
+def _assigned_cpus() -> Optional[float]:
+    import ray
+
+    return ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0) if ray.is_initialized() else None
