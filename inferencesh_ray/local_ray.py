@@ -108,6 +108,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             signal.signal(sig, lambda *_: process.send_signal(signal.SIGINT))
         return process.wait()
     finally:
+        from .session_worker import end_all_sessions
+
+        if ended := end_all_sessions():  # before the Ray stops, so their apps unload
+            print(f"ended {ended} live session(s)", file=sys.stderr, flush=True)
         ray.shutdown()
 
 

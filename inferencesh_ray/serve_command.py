@@ -71,6 +71,7 @@ def serve_forever(
     finally:
         if started:
             serve.shutdown()
+            _end_sessions()
             import ray
 
             ray.shutdown()
@@ -79,6 +80,15 @@ def serve_forever(
             for app_name in names:
                 serve.delete(app_name)
         _say("stopped.")
+
+
+def _end_sessions() -> None:
+    """Before the Ray we started stops: its session workers run `unload` too."""
+    from .session_worker import end_all_sessions
+
+    ended = end_all_sessions()
+    if ended:
+        _say(f"ended {ended} live session(s)")
 
 
 def check_keys(apps: list[dict[str, Any]], host: str) -> bool:

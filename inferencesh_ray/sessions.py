@@ -192,6 +192,14 @@ class SessionRegistry:
         if session is not None:
             await self._finish(session, ENDED, reason)
 
+    async def end_all(self, reason: str) -> int:
+        """End every live session (the server is going away): calls cancelled, `unload` run; how many."""
+        live = list(self._active.values())
+        for session in live:
+            self._end(session, ENDED, reason)
+        await asyncio.gather(*(self._workers.release(session.id) for session in live))
+        return len(live)
+
     async def reap(self) -> list[str]:
         """Expire the idle sessions (their ids are returned); once a minute, forget those ended
         longer ago than the retention, as the task store forgets old tasks."""

@@ -144,6 +144,20 @@ def test_a_redeploy_with_other_settings_reaches_the_registry_it_finds(ray_serve,
         serve.delete("resized")
 
 
+def test_before_our_ray_stops_every_live_session_ends_and_its_app_unloads(server, ray_serve):
+    """`infsh-ray serve` and `make serve` call this before stopping the Ray they started."""
+    from inferencesh_ray.session_worker import end_all_sessions
+
+    url, _ = server
+    opened = sdk(url).run({"app": "memory-app", "input": {"text": "a"}, "session": "new"})
+    assert end_all_sessions() >= 1
+    assert f"unload:{opened['output']['instance']}" in ray_serve.lifecycle()
+    ended = sdk(url).sessions.get(opened["session_id"])
+    assert (_field(ended, "status"), _field(ended, "reason")) == ("ended", "the server shut down")
+    with pytest.raises(ValueError):
+        ray.get_actor(worker_name(opened["session_id"]), namespace=NAMESPACE)
+
+
 def test_a_session_opened_after_a_redeploy_gets_the_deployments_new_resources(ray_serve, tmp_path):
     """The ingress read a deployment's actor options once and kept them, though a config
     redeploy that changes only them restarts that deployment's replicas, not the ingress."""

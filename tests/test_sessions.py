@@ -372,3 +372,25 @@ def test_the_reaper_ends_what_was_idle_before_it_waits_on_any_release(tmp_path):
         return late_call["status"], (await registry.get(second, "o"))["status"], sorted(released) == sorted([first, second])
 
     assert asyncio.run(body()) == ("expired", "expired", True)
+
+
+def test_end_all_ends_every_live_session_and_releases_its_worker(tmp_path):
+    """For a server going away: its Ray's stop would kill the workers with `unload` unrun."""
+    released: list[str] = []
+
+    class CountingWorkers(_NoWorkers):
+        async def release(self, session_id) -> None:
+            released.append(session_id)
+
+    async def body():
+        registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), CountingWorkers(), reap_every_s=3600)
+        ended, *live = [(await registry.open(owner, "app", "latest", 60, None))["id"] for owner in "oop"]
+        await registry.end(ended, "o")
+        released.clear()
+        assert await registry.end_all("the server shut down") == 2
+        assert await registry.end_all("the server shut down") == 0
+        return [await registry.get(session_id, owner) for session_id, owner in zip(live, "op")]
+
+    sessions = asyncio.run(body())
+    assert [(s["status"], s["reason"]) for s in sessions] == [("ended", "the server shut down")] * 2
+    assert sorted(released) == sorted(s["id"] for s in sessions)
