@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 from .status import TaskStatus
 
@@ -39,6 +39,9 @@ class Log(_Event):
     """One line the app wrote: `metadata.log`, `print` or `logging`."""
 
     text: str
+    seq: Optional[int] = field(default=None, compare=False)
+    """Its place in the task's logs, from 0: a write the store takes twice (sent again after
+    its reply was lost) adds the line once."""
     status = None
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -219,11 +220,13 @@ class AppHost:
         emit = _threadsafe_put(queue)
         worker = asyncio.ensure_future(self._serve(call, emit))
         worker.add_done_callback(lambda _: emit(None))
+        logged = 0
         try:
             while True:
                 group = _drain(queue, [await queue.get()])
                 if hold_running_s and any(isinstance(event, Running) for event in group):
                     group = await _hold(queue, group, hold_running_s)
+                group, logged = _number_logs(group, logged)
                 ended = None in group
                 events = group[:group.index(None)] if ended else group  # nothing after the end
                 if events:
@@ -532,6 +535,17 @@ async def _hold(queue: asyncio.Queue, group: list, seconds: float) -> list:
             break
         group = _drain(queue, [*group, getter.result()])
     return group
+
+
+def _number_logs(group: list, logged: int) -> tuple[list, int]:
+    """`group` with its Log events numbered in the order they left the queue, from `logged` on."""
+    numbered = []
+    for event in group:
+        if isinstance(event, Log):
+            event = dataclasses.replace(event, seq=logged)
+            logged += 1
+        numbered.append(event)
+    return numbered, logged
 
 
 def _drain(queue: asyncio.Queue, group: list) -> list:

@@ -307,6 +307,8 @@ def _apply_one(task: dict[str, Any], event: TaskEvent) -> bool:
     if current.is_terminal:
         return False
     if isinstance(event, Log):
+        if event.seq is not None and event.seq < len(task["logs"]):
+            return False  # taken already
         task["logs"].append(_log_entry(task["id"], len(task["logs"]), event.text, event.at))
         return True
     if isinstance(event, Output):

@@ -462,3 +462,16 @@ def test_metadata_output_dir_outside_a_server_is_one_new_directory_left_in_place
     assert metadata.output_dir == metadata.output_dir and metadata.output_dir.is_dir()
     assert Metadata().output_dir != metadata.output_dir
     assert "output_dir" not in metadata.model_dump()  # not a fact sent with the task
+
+
+def test_log_lines_are_numbered_in_the_order_they_leave_the_host(counting):
+    """The store keeps each numbered line once, however often a write carrying it is sent."""
+    app_cls, _ = counting
+
+    async def scenario():
+        host = AppHost(app_cls)
+        return [await events_of(host, Call("progress", {"text": "hi", "times": 3})) for _ in range(2)]
+
+    for events in asyncio.run(scenario()):
+        logs = [event for event in events if isinstance(event, Log)]
+        assert [log.seq for log in logs] == [0, 1, 2]  # per task, from 0

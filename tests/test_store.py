@@ -206,3 +206,21 @@ def test_a_bad_op_in_a_grouped_write_fails_only_itself(tmp_path):
     first, bad, last = asyncio.run(main())
     assert first["status"] == TaskStatus.QUEUED and last["status"] == TaskStatus.QUEUED
     assert isinstance(bad, ValueError) and "not a task store write: 'drop'" in str(bad)
+
+
+def test_a_write_taken_twice_adds_its_log_lines_once(tmp_path):
+    """Sent again after its reply was lost (the store restarted after the commit), a write
+    used to add its log lines a second time; the host numbers them, and the store keeps each once."""
+
+    async def main():
+        store = TaskStore(str(tmp_path / "t.db"))
+        task = await store.create("me", {"input": {}}, "d1")
+        first = [Running(), Log("a", seq=0), Log("b", seq=1)]
+        await store.apply(task["id"], first)
+        await TaskStore(str(tmp_path / "t.db")).apply(task["id"], first)  # a restarted store, from disk
+        restarted = TaskStore(str(tmp_path / "t.db"))
+        await restarted.apply(task["id"], [Log("b", seq=1), Log("c", seq=2), Log("unnumbered")])
+        return await restarted.get(task["id"], "me")
+
+    task = asyncio.run(main())
+    assert [log["content"] for log in task["logs"]] == ["a", "b", "c", "unnumbered"]
