@@ -45,6 +45,9 @@ class App(BaseApp):
 
 
 def _assigned_cpus() -> Optional[float]:
+    """What Ray gave this worker process; None outside one (the tests' own process may be Ray's driver)."""
     import ray
 
-    return ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0) if ray.is_initialized() else None
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return None
+    return ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)
