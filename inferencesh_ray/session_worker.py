@@ -85,6 +85,9 @@ class RayWorkers:
             # Ready means imported: a broken app fails here, and a worker with no room to start is given up
             # on in time for the client's 30 s request timeout.
             await asyncio.wait_for(actor.ready.remote(), _START_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            ray.kill(actor)
+            raise TimeoutError(not_started(spec.options)) from None
         except BaseException:
             ray.kill(actor)
             raise
@@ -100,6 +103,13 @@ class RayWorkers:
         except Exception:  # dead, or stuck in unload: it goes either way
             pass
         ray.kill(actor)
+
+
+def not_started(options: dict[str, Any]) -> str:
+    """Why a worker was not running in time: most often, no node has room for what it asks."""
+    asks = {name: options[name] for name in ("num_cpus", "num_gpus", "memory", "resources") if options.get(name)}
+    return (f"not running within {_START_TIMEOUT_S:.0f} s: a session's worker asks for what its app's "
+            f"deployment asks ({asks or 'nothing'}), and no node may have that free")
 
 
 def end_all_sessions(reason: str = "the server shut down") -> int:

@@ -394,3 +394,13 @@ def test_end_all_ends_every_live_session_and_releases_its_worker(tmp_path):
     sessions = asyncio.run(body())
     assert [(s["status"], s["reason"]) for s in sessions] == [("ended", "the server shut down")] * 2
     assert sorted(released) == sorted(s["id"] for s in sessions)
+
+
+def test_a_worker_not_started_in_time_is_explained_by_the_resources_it_asked_for():
+    """It said only `TimeoutError: ` (on a 2-CPU machine an app with Serve's default 1 CPU leaves no room)."""
+    from inferencesh_ray.session_worker import not_started
+
+    message = not_started({"num_cpus": 1.0, "num_gpus": 0, "resources": {"head": 1}, "runtime_env": {"pip": ["x"]}})
+    assert message == ("not running within 20 s: a session's worker asks for what its app's deployment asks "
+                       "({'num_cpus': 1.0, 'resources': {'head': 1}}), and no node may have that free")
+    assert "(nothing)" in not_started({"num_cpus": 0})
