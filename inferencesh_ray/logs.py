@@ -22,8 +22,16 @@ _install_lock = threading.Lock()
 _installed = False
 
 
+MAX_LINE_CHARS = 8192
+
+
 class LineSink:
-    """Turns writes into whole lines for one task."""
+    """Turns writes into whole lines for one task, as a terminal would show them.
+
+    A carriage return starts its line over (a progress bar's redraws become the one line
+    it ends as, not thousands), and a line longer than MAX_LINE_CHARS goes in pieces of
+    that size (as Docker's logs do), so a line that never ends holds no unbounded memory.
+    """
 
     def __init__(self, emit: Callable[[str], None]) -> None:
         self._emit = emit
@@ -32,16 +40,31 @@ class LineSink:
 
     def write(self, text: str) -> None:
         with self._lock:
-            lines = (self._partial + text).split("\n")
-            self._partial = lines.pop()
+            *ended, partial = (self._partial + text).split("\n")
+            lines = [piece for line in ended for piece in _pieces(_shown(line).rstrip("\r"))]
+            partial = _shown(partial)
+            while len(partial) > MAX_LINE_CHARS:
+                lines.append(partial[:MAX_LINE_CHARS])
+                partial = partial[MAX_LINE_CHARS:]
+            self._partial = partial
         for line in lines:
             self._emit(line)
 
     def flush(self) -> None:
         with self._lock:
-            rest, self._partial = self._partial, ""
+            rest, self._partial = self._partial.rstrip("\r"), ""
         if rest:
             self._emit(rest)
+
+
+def _shown(line: str) -> str:
+    """What a terminal shows of `line`: the text after its last carriage return (a CRLF's aside)."""
+    cut = line.rstrip("\r").rfind("\r")
+    return line[cut + 1:] if cut >= 0 else line
+
+
+def _pieces(line: str) -> list[str]:
+    return [line[start:start + MAX_LINE_CHARS] for start in range(0, len(line), MAX_LINE_CHARS)] or [""]
 
 
 class _StreamProxy(io.TextIOBase):

@@ -32,6 +32,9 @@ _log = logging.getLogger(__name__)
 
 LEASE_S = 20.0
 STREAM_LOG_LINES = 50
+# Every write rewrites the task's document: a task printing a line at a time for an hour
+# would make each write, and the store serving every task, slower and slower.
+MAX_LOG_LINES = 1000
 _WRITES = ("create", "apply", "cancel")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -307,9 +310,15 @@ def _apply_one(task: dict[str, Any], event: TaskEvent) -> bool:
     if current.is_terminal:
         return False
     if isinstance(event, Log):
-        if event.seq is not None and event.seq < len(task["logs"]):
-            return False  # taken already
-        task["logs"].append(_log_entry(task["id"], len(task["logs"]), event.text, event.at))
+        logs = task["logs"]
+        index = _log_index(logs[-1]) + 1 if logs else 0
+        if event.seq is not None:
+            if event.seq < index:
+                return False  # taken already
+            index = event.seq
+        logs.append(_log_entry(task["id"], index, event.text, event.at))
+        if len(logs) > MAX_LOG_LINES:
+            del logs[0]  # the draft's own list
         return True
     if isinstance(event, Output):
         task["output"] = event.output
@@ -333,6 +342,10 @@ def _apply_one(task: dict[str, Any], event: TaskEvent) -> bool:
 
 def _status_event(status: TaskStatus, stamp: Optional[float] = None) -> dict[str, Any]:
     return {"status": int(status), "event_time": now_iso(stamp)}
+
+
+def _log_index(entry: dict[str, Any]) -> int:
+    return int(entry["id"].rsplit("-", 1)[1])
 
 
 def _log_entry(task_id: str, index: int, text: str, stamp: float) -> dict[str, Any]:

@@ -224,3 +224,25 @@ def test_a_write_taken_twice_adds_its_log_lines_once(tmp_path):
 
     task = asyncio.run(main())
     assert [log["content"] for log in task["logs"]] == ["a", "b", "c", "unnumbered"]
+
+
+def test_a_task_keeps_its_last_log_lines_numbered_as_they_came(tmp_path):
+    """Each write rewrites the task's document: a task logging a line at a time for long made
+    every write slower, for every task the store serves (5,000 single-line writes took 11 s
+    of store time; 1.8 s with the bound)."""
+    from inferencesh_ray.store import MAX_LOG_LINES
+
+    total = MAX_LOG_LINES + 4001
+
+    async def main():
+        store = TaskStore(str(tmp_path / "t.db"))
+        task = await store.create("me", {"input": {}}, "d1")
+        for seq in range(total - 1):
+            await store.apply(task["id"], [Log(f"line {seq}", seq=seq)])
+        await store.apply(task["id"], [Log("line 1", seq=1), Log(f"line {total - 1}")])  # old, then unnumbered
+        return await store.get(task["id"], "me")
+
+    task = asyncio.run(main())
+    assert len(task["logs"]) == MAX_LOG_LINES
+    assert [log["content"] for log in task["logs"][-2:]] == [f"line {total - 2}", f"line {total - 1}"]
+    assert task["logs"][0]["id"] == f"{task['id']}-{total - MAX_LOG_LINES}"  # where lines were dropped shows

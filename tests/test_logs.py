@@ -1,0 +1,47 @@
+"""What an app prints becomes its task's log lines, as a terminal would show them, bounded."""
+
+from __future__ import annotations
+
+from inferencesh_ray.logs import MAX_LINE_CHARS, LineSink
+
+
+def sink() -> tuple[LineSink, list[str]]:
+    lines: list[str] = []
+    return LineSink(lines.append), lines
+
+
+def test_a_progress_bar_redrawn_with_carriage_returns_is_the_one_line_it_ends_as():
+    """tqdm redraws with `\\r` and no newline: its redraws piled up in one ever-growing line."""
+    bar, lines = sink()
+    for percent in range(0, 101):
+        bar.write(f"\r{percent:3d}%|{'#' * (percent // 10):10}|")
+    assert lines == [] and len(bar._partial) < 40  # nothing shown yet, nothing piling up
+    bar.write("\n")
+    bar.write("done\r\n")  # a CRLF ends a line; it does not start it over
+    assert lines == ["100%|##########|", "done"]
+
+
+def test_a_bar_left_unfinished_is_shown_as_it_stood_when_the_task_ends():
+    bar, lines = sink()
+    bar.write("\r 40%|####      |\r")
+    bar.flush()
+    assert lines == [" 40%|####      |"]
+
+
+def test_over_long_lines_go_in_pieces_and_one_that_never_ends_holds_no_unbounded_memory():
+    out, lines = sink()
+    out.write("x" * (MAX_LINE_CHARS * 2 + 5) + "\n")
+    assert [len(line) for line in lines] == [MAX_LINE_CHARS, MAX_LINE_CHARS, 5]
+    lines.clear()
+    for _ in range(100):
+        out.write("y" * 1000)  # print(..., end="") in a loop
+    assert all(len(line) == MAX_LINE_CHARS for line in lines) and len(out._partial) <= MAX_LINE_CHARS
+    out.flush()
+    assert "".join(lines) == "y" * 100_000
+
+
+def test_plain_lines_and_empty_ones_are_kept_as_they_are():
+    out, lines = sink()
+    out.write("one\n\ntwo\nthr")
+    out.write("ee\n")
+    assert lines == ["one", "", "two", "three"]
