@@ -95,30 +95,42 @@ class _Scratch:
         self._outputs: Optional[Path] = None
         self._keep_outputs = keep_outputs  # nothing stores a copy of them: the dev loop
         self._holders = 1  # the task's own
+        # App threads (a cancelled sync call's still running, a pool saving files) ask for it too.
+        self._lock = threading.Lock()
 
     @property
     def path(self) -> Path:
+        with self._lock:
+            return self._made()
+
+    @property
+    def outputs(self) -> Path:
+        with self._lock:
+            if self._outputs is None:
+                if self._keep_outputs:
+                    self._outputs = Path(tempfile.mkdtemp(prefix="infsh-out-"))
+                else:  # apart from the inputs, whose names the client chose
+                    self._outputs = self._made() / "outputs"
+                    self._outputs.mkdir()
+            return self._outputs
+
+    def _made(self) -> Path:
+        if self._holders == 0:  # a cancelled call's thread, still running: nothing may be left behind
+            raise RuntimeError("this task has ended: its directory is gone")
         if self._path is None:
             self._path = Path(tempfile.mkdtemp(prefix="infsh-task-"))
         return self._path
 
-    @property
-    def outputs(self) -> Path:
-        if self._outputs is None:
-            if self._keep_outputs:
-                self._outputs = Path(tempfile.mkdtemp(prefix="infsh-out-"))
-            else:  # apart from the inputs, whose names the client chose
-                self._outputs = self.path / "outputs"
-                self._outputs.mkdir()
-        return self._outputs
-
     def hold(self) -> None:
-        self._holders += 1
+        with self._lock:
+            self._holders += 1
 
     def release(self) -> None:
-        self._holders -= 1
-        if self._holders == 0 and self._path is not None:
-            shutil.rmtree(self._path, ignore_errors=True)
+        with self._lock:
+            self._holders -= 1
+            gone = self._path if self._holders == 0 else None
+        if gone is not None:
+            shutil.rmtree(gone, ignore_errors=True)
 
 
 @dataclass(frozen=True)

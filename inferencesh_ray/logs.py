@@ -47,14 +47,14 @@ class LineSink:
                 lines.append(partial[:MAX_LINE_CHARS])
                 partial = partial[MAX_LINE_CHARS:]
             self._partial = partial
-        for line in lines:
-            self._emit(line)
+            for line in lines:  # under the lock: two threads' lines keep the order they were written in
+                self._emit(line)
 
     def flush(self) -> None:
         with self._lock:
             rest, self._partial = self._partial.rstrip("\r"), ""
-        if rest:
-            self._emit(rest)
+            if rest:
+                self._emit(rest)
 
 
 def _shown(line: str) -> str:

@@ -14,6 +14,8 @@ from .auth import ENV_KEYS, is_loopback, load_keys
 from .errors import AppError
 from .listener import parse_address
 
+ROUTE_WAIT_S = 60
+
 
 def serve_forever(
     target: str,
@@ -60,8 +62,17 @@ def serve_forever(
         else:
             names = routed = [_deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file, listen)]
         proxy = _running_proxy(host, port)
-        if not _wait_running(names, stop) or not _wait_routed(proxy or "", routed if proxy else [], stop):
+        if not _wait_running(names, stop):
             return 1
+        if not _wait_routed(proxy or "", routed if proxy else [], stop):
+            if stop.is_set():
+                return 1
+            unrouted = f"Serve's proxy at {proxy} did not route {', '.join(routed)} within {ROUTE_WAIT_S} s"
+            if started:
+                _say(f"error: {unrouted}")
+                return 1
+            # On a joined cluster this machine may have no proxy of its own: the apps run all the same.
+            _say(f"warning: {unrouted}; serving on (this machine may have no proxy: try a node's that has)")
         where = " and, without Serve's proxy, ".join(([proxy] if proxy else []) + [f"http://{door}" for door in listens])
         where = f"at {where} (API docs: /docs)" if where else "with no HTTP door (Serve's proxy is disabled, no `listen`)"
         _say(f"serving {', '.join(names)} {where}; Ctrl-C to stop")
@@ -189,7 +200,7 @@ def _wait_running(names: list[str], stop: threading.Event, timeout_s: float = 60
     return False
 
 
-def _wait_routed(proxy: str, names: list[str], stop: threading.Event, timeout_s: float = 60) -> bool:
+def _wait_routed(proxy: str, names: list[str], stop: threading.Event, timeout_s: float = ROUTE_WAIT_S) -> bool:
     """Wait until Serve's proxy at `proxy` routes every app in `names`: an app is RUNNING before
     the proxy has its route, and until then a request there is a 404."""
     import httpx
@@ -197,17 +208,13 @@ def _wait_routed(proxy: str, names: list[str], stop: threading.Event, timeout_s:
     deadline = time.monotonic() + timeout_s
     while names and time.monotonic() < deadline and not stop.is_set():
         try:
-            response = httpx.get(f"{proxy}/-/routes", timeout=5)
+            response = httpx.get(f"{proxy}/-/routes", timeout=5, trust_env=False)  # never through HTTP_PROXY
             if response.status_code == 200 and set(names) <= set(response.json().values()):
                 return True
         except (httpx.HTTPError, ValueError):
             pass  # the proxy is still starting
         time.sleep(0.2)
-    if not names:
-        return True
-    if not stop.is_set():
-        _say(f"error: Serve's proxy at {proxy} did not route {', '.join(names)} within {timeout_s:.0f} s")
-    return False
+    return not names
 
 
 def _routed_names(config: Any) -> list[str]:
@@ -234,6 +241,7 @@ def _running_proxy(host: str, port: int) -> Optional[str]:
 
 def _proxy_url(host: str, port: int) -> str:
     """Where this machine reaches a proxy bound to `host`."""
+    host = host.strip("[]")
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 

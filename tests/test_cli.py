@@ -242,7 +242,7 @@ def test_ctrl_c_in_app_dev_unloads_after_a_sync_function_returns_and_twice_quits
         assert recorded == ["setup", "run:start"]
 
 
-def test_serve_says_ready_only_once_the_proxy_routes_the_app(capsys):
+def test_serve_says_ready_only_once_the_proxy_routes_the_app(monkeypatch):
     """An app is RUNNING before Serve's proxy has its route; until then requests there are 404s."""
     import threading
 
@@ -261,12 +261,13 @@ def test_serve_says_ready_only_once_the_proxy_routes_the_app(capsys):
             return PlainTextResponse("Route table is not populated yet.", status_code=503)
         return JSONResponse({"/other": "other", **({"/": "mine"} if len(asked) >= 5 else {})})
 
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # the proxy's table is never asked through one
     with serving(Starlette(routes=[Route("/-/routes", routes)])) as url:
         assert _wait_routed(url, ["mine"], threading.Event(), timeout_s=10)
         assert len(asked) == 5
         assert not _wait_routed(url, ["absent"], threading.Event(), timeout_s=0.5)
-    assert "did not route absent within 0 s" in capsys.readouterr().err
     assert _wait_routed("http://127.0.0.1:9", [], threading.Event())  # no HTTP route to wait for
     assert _proxy_url("0.0.0.0", 8000) == "http://127.0.0.1:8000"
     assert _proxy_url("::", 8000) == "http://[::1]:8000"
     assert _proxy_url("10.1.2.3", 80) == "http://10.1.2.3:80"
+    assert _proxy_url("[::1]", 80) == "http://[::1]:80"

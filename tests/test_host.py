@@ -475,3 +475,42 @@ def test_log_lines_are_numbered_in_the_order_they_leave_the_host(counting):
     for events in asyncio.run(scenario()):
         logs = [event for event in events if isinstance(event, Log)]
         assert [log.seq for log in logs] == [0, 1, 2]  # per task, from 0
+
+
+def test_a_tasks_directory_asked_for_after_the_task_ended_is_refused_not_leaked(tmp_path, monkeypatch):
+    """A cancelled sync call's thread runs on and may save its output: it made a new directory nobody removed."""
+    import tempfile
+
+    from inferencesh_ray.host import _Scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    scratch = _Scratch()
+    scratch.release()  # the task ended (cancelled) before the thread got this far
+    with pytest.raises(RuntimeError, match="this task has ended"):
+        scratch.outputs
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_asking_for_a_tasks_directory_together_get_one(tmp_path, monkeypatch):
+    """Four threads saving outputs at once each made a directory, and all but one leaked."""
+    import tempfile
+    import threading
+
+    from inferencesh_ray.host import _Scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for _ in range(50):
+        scratch, seen, start = _Scratch(), [], threading.Barrier(4)
+
+        def save():
+            start.wait()
+            seen.append(scratch.outputs)
+
+        threads = [threading.Thread(target=save) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(set(seen)) == 1
+        scratch.release()
+    assert list(tmp_path.iterdir()) == []
