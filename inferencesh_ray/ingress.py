@@ -23,7 +23,7 @@ from .listener import Listener
 from .local_ray import pin_replica_grpc_to_node_address
 from .middleware import MAX_REQUEST_BYTES
 from .server_files import FilesConfig, ServerFiles
-from .session_worker import RayWorkers, WorkerSpec, call_worker
+from .session_worker import RayWorkers, ReplicaOptions, WorkerSpec, call_worker
 from .sessions import SessionRegistry
 from .sessions_api import Sessions
 from .store import TaskStore
@@ -95,16 +95,13 @@ class Ingress:
         registry = named_actor(SessionRegistry, "sessions", database, RayWorkers(),
                                settings={"limit": state["max_sessions"], "retention_s": state["retention_s"]})
         self.sessions = Sessions(registry, call_worker, self._worker_spec)
-        self._handles = handles
+        self._replica_options = ReplicaOptions(lambda app: handles[app].actor_options.remote())
         self._asgi = create_app(self.catalog, self.dispatcher, self.auth, self.files, self.sessions, max_request_bytes)
         self._listener = Listener(self._asgi, state["listen"]) if state.get("listen") else None
 
     async def _worker_spec(self, app: AppInfo) -> WorkerSpec:
-        """A session worker for `app`: its code, files and the resources of its deployment's replicas.
-
-        Asked afresh for each session (starting its actor costs far more): a redeploy that
-        changes only the deployment's options restarts its replicas, not this ingress."""
-        options = await self._handles[app.name].actor_options.remote()
+        """A session worker for `app`: its code, files and the resources of its deployment's replicas."""
+        options = await self._replica_options.get(app.name)
         return WorkerSpec(app.name, app.path, self.files.config, options, app.batching)
 
     def __serve_build_asgi_app__(self):

@@ -12,7 +12,7 @@ import asyncio
 from collections import OrderedDict
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import ray
 
@@ -35,6 +35,39 @@ class WorkerSpec:
     """Ray actor options: those of the app deployment's replicas."""
     batching: dict[str, Any] = field(default_factory=dict)
     """Settings of @batched functions, as the deployment's."""
+
+
+class ReplicaOptions:
+    """Each app's replica actor options, for its session workers.
+
+    Asked afresh as each session opens: a redeploy that changes only them restarts the app's
+    replicas, not the ingress. The replicas answer behind the tasks they hold, so once an
+    app has answered, an answer not back within `wait_s` gives way to the last one.
+    """
+
+    def __init__(self, ask: Callable[[str], Awaitable[dict[str, Any]]], wait_s: float = 1.0) -> None:
+        self._ask = ask
+        self._wait_s = wait_s
+        self._known: dict[str, dict[str, Any]] = {}
+        self._asking: dict[str, asyncio.Future] = {}
+
+    async def get(self, app: str) -> dict[str, Any]:
+        asking = self._asking.get(app)
+        if asking is None:
+            asking = self._asking[app] = asyncio.ensure_future(self._fetch(app))
+        if app not in self._known:
+            return await asyncio.shield(asking)
+        done, _ = await asyncio.wait({asking}, timeout=self._wait_s)
+        if done and asking.exception() is None:
+            return asking.result()
+        return self._known[app]
+
+    async def _fetch(self, app: str) -> dict[str, Any]:
+        try:
+            self._known[app] = await self._ask(app)
+            return self._known[app]
+        finally:
+            del self._asking[app]
 
 
 def worker_name(session_id: str) -> str:

@@ -404,3 +404,36 @@ def test_a_worker_not_started_in_time_is_explained_by_the_resources_it_asked_for
     assert message == ("not running within 20 s: a session's worker asks for what its app's deployment asks "
                        "({'num_cpus': 1.0, 'resources': {'head': 1}}), and no node may have that free")
     assert "(nothing)" in not_started({"num_cpus": 0})
+
+
+def test_replica_options_are_asked_afresh_but_busy_replicas_give_way_to_the_last_answer():
+    """Asked at each opening (a redeploy may have changed them); replicas answer behind their
+    tasks, so a session opening under load used to wait for the whole backlog."""
+    from inferencesh_ray.session_worker import ReplicaOptions
+
+    answers = [{"num_cpus": 1}, {"num_cpus": 2}, {"num_cpus": 3}]
+    asked: list[str] = []
+    busy = asyncio.Event()
+    busy.set()
+
+    async def ask(app):
+        asked.append(app)
+        await busy.wait()
+        return answers[len(asked) - 1]
+
+    async def body():
+        options = ReplicaOptions(ask, wait_s=0.05)
+        first = await options.get("app")
+        second = await options.get("app")  # replicas idle: the fresh answer
+        busy.clear()
+        started = asyncio.get_running_loop().time()
+        third, fourth = await asyncio.gather(options.get("app"), options.get("app"))  # busy: the last answer
+        waited = asyncio.get_running_loop().time() - started
+        busy.set()
+        await asyncio.sleep(0.01)  # the answer still comes, and is kept
+        return first, second, third, fourth, waited, options
+
+    first, second, third, fourth, waited, options = asyncio.run(body())
+    assert (first, second, third, fourth) == ({"num_cpus": 1}, {"num_cpus": 2}, {"num_cpus": 2}, {"num_cpus": 2})
+    assert waited < 1 and asked == ["app"] * 3  # the two openings under load shared one question
+    assert options._known["app"] == {"num_cpus": 3}
