@@ -31,30 +31,33 @@ class LineSink:
     A carriage return starts its line over (a progress bar's redraws become the one line
     it ends as, not thousands), and a line longer than MAX_LINE_CHARS goes in pieces of
     that size (as Docker's logs do), so a line that never ends holds no unbounded memory.
+    Each stream has its own unfinished line: a bar redrawn on stderr does not wipe a
+    `print(..., end="")` waiting on stdout.
     """
 
     def __init__(self, emit: Callable[[str], None]) -> None:
         self._emit = emit
-        self._partial = ""
+        self._partials: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, stream: str = "stdout") -> None:
         with self._lock:
-            *ended, partial = (self._partial + text).split("\n")
+            *ended, partial = (self._partials.get(stream, "") + text).split("\n")
             lines = [piece for line in ended for piece in _pieces(_shown(line).rstrip("\r"))]
             partial = _shown(partial)
             while len(partial) > MAX_LINE_CHARS:
                 lines.append(partial[:MAX_LINE_CHARS])
                 partial = partial[MAX_LINE_CHARS:]
-            self._partial = partial
+            self._partials[stream] = partial
             for line in lines:  # under the lock: two threads' lines keep the order they were written in
                 self._emit(line)
 
     def flush(self) -> None:
         with self._lock:
-            rest, self._partial = self._partial.rstrip("\r"), ""
-            if rest:
-                self._emit(rest)
+            rests, self._partials = [rest.rstrip("\r") for rest in self._partials.values()], {}
+            for rest in rests:
+                if rest:
+                    self._emit(rest)
 
 
 def _shown(line: str) -> str:
@@ -68,14 +71,15 @@ def _pieces(line: str) -> list[str]:
 
 
 class _StreamProxy(io.TextIOBase):
-    def __init__(self, real: TextIO) -> None:
+    def __init__(self, real: TextIO, name: str) -> None:
         self._real = real
+        self._name = name
 
     def write(self, text: str) -> int:
         sink = _current.get()
         if sink is None:
             return self._real.write(text)
-        sink.write(text)
+        sink.write(text, self._name)
         return len(text)
 
     def flush(self) -> None:
@@ -90,7 +94,7 @@ class _SinkHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         sink = _current.get()
         if sink is not None:
-            sink.write(self.format(record) + "\n")
+            sink.write(self.format(record) + "\n", "logging")  # whole lines, whatever a stream has pending
         elif not _other_handlers(self, record):
             # Python writes such a record to stderr when no handler is configured; being on
             # the root logger, this handler would otherwise swallow it (a host's own errors too).
@@ -114,9 +118,9 @@ def install() -> None:
     global _installed
     with _install_lock:
         if not isinstance(sys.stdout, _StreamProxy):
-            sys.stdout = _StreamProxy(sys.stdout)
+            sys.stdout = _StreamProxy(sys.stdout, "stdout")
         if not isinstance(sys.stderr, _StreamProxy):
-            sys.stderr = _StreamProxy(sys.stderr)
+            sys.stderr = _StreamProxy(sys.stderr, "stderr")
         if not _installed:
             handler = _SinkHandler()
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))

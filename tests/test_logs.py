@@ -15,7 +15,7 @@ def test_a_progress_bar_redrawn_with_carriage_returns_is_the_one_line_it_ends_as
     bar, lines = sink()
     for percent in range(0, 101):
         bar.write(f"\r{percent:3d}%|{'#' * (percent // 10):10}|")
-    assert lines == [] and len(bar._partial) < 40  # nothing shown yet, nothing piling up
+    assert lines == [] and len(bar._partials["stdout"]) < 40  # nothing shown yet, nothing piling up
     bar.write("\n")
     bar.write("done\r\n")  # a CRLF ends a line; it does not start it over
     assert lines == ["100%|##########|", "done"]
@@ -35,7 +35,7 @@ def test_over_long_lines_go_in_pieces_and_one_that_never_ends_holds_no_unbounded
     lines.clear()
     for _ in range(100):
         out.write("y" * 1000)  # print(..., end="") in a loop
-    assert all(len(line) == MAX_LINE_CHARS for line in lines) and len(out._partial) <= MAX_LINE_CHARS
+    assert all(len(line) == MAX_LINE_CHARS for line in lines) and len(out._partials["stdout"]) <= MAX_LINE_CHARS
     out.flush()
     assert "".join(lines) == "y" * 100_000
 
@@ -45,3 +45,26 @@ def test_plain_lines_and_empty_ones_are_kept_as_they_are():
     out.write("one\n\ntwo\nthr")
     out.write("ee\n")
     assert lines == ["one", "", "two", "three"]
+
+
+def test_a_bar_on_stderr_does_not_wipe_a_line_waiting_on_stdout():
+    """stdout and stderr shared one unfinished line: tqdm's `\r` redraws wiped `print("saving", end="")`."""
+    import logging
+    import sys
+
+    from inferencesh_ray import logs
+
+    out, lines = sink()
+    out.write("saving ", "stdout")
+    out.write("\r 50%|#####", "stderr")
+    out.write("\r100%|##########|\n", "stderr")
+    out.write("done\n", "stdout")
+    assert lines == ["100%|##########|", "saving done"]
+
+    seen: list[str] = []
+    with logs.capture(seen.append):  # the real streams and logging, as an app's code uses them
+        print("saving ", end="")
+        sys.stderr.write("\r 10%|#")
+        logging.getLogger("app").warning("a record is a line of its own")
+        print("done")
+    assert seen == ["WARNING app: a record is a line of its own", "saving done", " 10%|#"]
