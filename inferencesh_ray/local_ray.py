@@ -110,6 +110,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         from .session_worker import end_all_sessions
 
+        print("ending live sessions, if any (their apps unload), then stopping Ray...", file=sys.stderr, flush=True)
         if ended := end_all_sessions():  # before the Ray stops, so their apps unload
             print(f"ended {ended} live session(s)", file=sys.stderr, flush=True)
         ray.shutdown()

@@ -77,7 +77,7 @@ def serve_forever(
         where = f"at {where} (API docs: /docs)" if where else "with no HTTP door (Serve's proxy is disabled, no `listen`)"
         _say(f"serving {', '.join(names)} {where}; Ctrl-C to stop")
         stop.wait()
-        _say("shutting down: unloading apps...")
+        _say("shutting down: unloading apps" + (" and ending live sessions (up to 30 s)..." if started else "..."))
         return 0
     finally:
         if started:

@@ -166,6 +166,8 @@ def test_serve_run_on_a_private_loopback_ray_stops_cleanly(tmp_path, stop):
         "    route_prefix: /\n"
         "    import_path: inferencesh_ray:build\n"
         f"    args: {{path: {APPS / 'counting.py'}, data_dir: {tmp_path}}}\n"
+        # room for a session's worker on a 2-CPU machine
+        "    deployments: [{name: counting, ray_actor_options: {num_cpus: 0.1}}, {name: ingress, ray_actor_options: {num_cpus: 0.1}}]\n"
     )
     events = tmp_path / "events.log"
     # A RAY_ADDRESS in the environment (here one nothing listens on) must not be joined: it used to be.
@@ -178,7 +180,9 @@ def test_serve_run_on_a_private_loopback_ray_stops_cleanly(tmp_path, stop):
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _healthy(url), timeout=120)
-        assert inference(api_key="k", base_url=url).run({"app": "counting", "input": {"text": "p"}})["output"]["text"] == "p"
+        client = inference(api_key="k", base_url=url)
+        assert client.run({"app": "counting", "input": {"text": "p"}})["output"]["text"] == "p"
+        client.run({"app": "counting", "input": {"text": "s"}, "session": "new"})  # left open
         if stop == "ctrl-c":
             os.killpg(process.pid, signal.SIGINT)
         else:
@@ -188,7 +192,10 @@ def test_serve_run_on_a_private_loopback_ray_stops_cleanly(tmp_path, stop):
         process.kill()
     assert "ignoring RAY_ADDRESS=127.0.0.1:" in log.read_text()
     assert "starting Ray on 127.0.0.1 (no dashboard)" in log.read_text()
-    assert "unload:a" in events.read_text()  # serve run shut down cleanly, so the replica unloaded
+    # serve run shut down cleanly, so the replica unloaded; the session's worker too, before its Ray stopped
+    assert events.read_text().count("unload:a") == 2
+    assert "ending live sessions, if any (their apps unload), then stopping Ray" in log.read_text()
+    assert "ended 1 live session(s)" in log.read_text()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)  # that Ray, and its proxy, are gone
 
