@@ -52,6 +52,17 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> 
     return True
 
 
+def stop_ray() -> None:
+    """Stop the Ray we started, its live sessions ended first: killed with it, their apps would not unload."""
+    import ray
+
+    from .session_worker import end_all_sessions
+
+    if ended := end_all_sessions():
+        print(f"ended {ended} live session(s)", file=sys.stderr, flush=True)
+    ray.shutdown()
+
+
 def pin_replica_grpc_to_node_address() -> None:
     """Bind this Serve replica's inter-deployment gRPC server to the node's address, not every interface.
 
@@ -108,12 +119,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             signal.signal(sig, lambda *_: process.send_signal(signal.SIGINT))
         return process.wait()
     finally:
-        from .session_worker import end_all_sessions
-
         print("ending live sessions, if any (their apps unload), then stopping Ray...", file=sys.stderr, flush=True)
-        if ended := end_all_sessions():  # before the Ray stops, so their apps unload
-            print(f"ended {ended} live session(s)", file=sys.stderr, flush=True)
-        ray.shutdown()
+        stop_ray()
 
 
 if __name__ == "__main__":

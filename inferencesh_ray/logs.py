@@ -44,11 +44,8 @@ class LineSink:
         with self._lock:
             *ended, partial = (self._partials.get(stream, "") + text).split("\n")
             lines = [piece for line in ended for piece in _pieces(_shown(line).rstrip("\r"))]
-            partial = _shown(partial)
-            while len(partial) > MAX_LINE_CHARS:
-                lines.append(partial[:MAX_LINE_CHARS])
-                partial = partial[MAX_LINE_CHARS:]
-            self._partials[stream] = partial
+            *full, self._partials[stream] = _pieces(_shown(partial))
+            lines += full
             for line in lines:  # under the lock: two threads' lines keep the order they were written in
                 self._emit(line)
 

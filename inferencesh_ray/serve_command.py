@@ -45,7 +45,7 @@ def serve_forever(
     if config is None:
         _check_app(target)
 
-    from .local_ray import start_ray
+    from .local_ray import start_ray, stop_ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     _say("starting Ray on 127.0.0.1 (no dashboard)..." if not address else f"joining Ray at {address}...")
@@ -64,7 +64,7 @@ def serve_forever(
         proxy = _running_proxy(host, port)
         if not _wait_running(names, stop):
             return 1
-        if not _wait_routed(proxy or "", routed if proxy else [], stop):
+        if proxy and not _wait_routed(proxy, routed, stop):
             if stop.is_set():
                 return 1
             unrouted = f"Serve's proxy at {proxy} did not route {', '.join(routed)} within {ROUTE_WAIT_S} s"
@@ -82,24 +82,12 @@ def serve_forever(
     finally:
         if started:
             serve.shutdown()
-            _end_sessions()
-            import ray
-
-            ray.shutdown()
+            stop_ray()
         else:
             # On a shared cluster, take down only what this command deployed.
             for app_name in names:
                 serve.delete(app_name)
         _say("stopped.")
-
-
-def _end_sessions() -> None:
-    """Before the Ray we started stops: its session workers run `unload` too."""
-    from .session_worker import end_all_sessions
-
-    ended = end_all_sessions()
-    if ended:
-        _say(f"ended {ended} live session(s)")
 
 
 def check_keys(apps: list[dict[str, Any]], host: str) -> bool:

@@ -195,9 +195,7 @@ class SessionRegistry:
     async def end_all(self, reason: str) -> int:
         """End every live session (the server is going away): calls cancelled, `unload` run; how many."""
         live = list(self._active.values())
-        for session in live:
-            self._end(session, ENDED, reason)
-        await asyncio.gather(*(self._workers.release(session.id) for session in live))
+        await self._finish_all(ENDED, [(session, reason) for session in live])
         return len(live)
 
     async def reap(self) -> list[str]:
@@ -205,11 +203,7 @@ class SessionRegistry:
         longer ago than the retention, as the task store forgets old tasks."""
         now = time.time()
         due = [s for s in self._active.values() if s.busy == 0 and s.expires <= now]
-        # All ended before any release is awaited: a release takes up to 30 s, and a session
-        # that took a call, or was ended by its client, meanwhile was no longer idle.
-        for session in due:
-            self._end(session, EXPIRED, f"idle for {session.idle_timeout} s")
-        await asyncio.gather(*(self._workers.release(session.id) for session in due))
+        await self._finish_all(EXPIRED, [(session, f"idle for {session.idle_timeout} s") for session in due])
         if now - self._pruned >= 60:
             self._pruned = now
             self._db.execute("DELETE FROM sessions WHERE status != ? AND json_extract(body, '$.ended') < ?",
@@ -217,8 +211,14 @@ class SessionRegistry:
         return [session.id for session in due]
 
     async def _finish(self, session: Session, status: str, reason: str) -> None:
-        self._end(session, status, reason)
-        await self._workers.release(session.id)
+        await self._finish_all(status, [(session, reason)])
+
+    async def _finish_all(self, status: str, ending: list[tuple[Session, str]]) -> None:
+        # All ended before any release is awaited: a release takes up to 30 s, and a session
+        # that took a call, or was ended by its client, meanwhile is no longer one to end.
+        for session, reason in ending:
+            self._end(session, status, reason)
+        await asyncio.gather(*(self._workers.release(session.id) for session, _ in ending))
 
     def _end(self, session: Session, status: str, reason: str) -> None:
         self._active.pop(session.id, None)
