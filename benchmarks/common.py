@@ -13,7 +13,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Optional
 
 import aiohttp
 
@@ -66,13 +66,16 @@ async def load(call: Callable[[aiohttp.ClientSession, int], Awaitable[None]], co
     return Result(concurrency, total, elapsed, latencies)
 
 
-async def run_and_wait(client: aiohttp.ClientSession, base: str, body: dict[str, Any]) -> dict[str, Any]:
+async def run_and_wait(
+    client: aiohttp.ClientSession, base: str, body: dict[str, Any], headers: Optional[dict[str, str]] = None
+) -> dict[str, Any]:
     """Run a task as the official sync client's `run(wait=True)` does; returns the stream's terminal line.
 
-    `POST /apps/run`, `GET /tasks/{id}`, then `GET /tasks/{id}/stream`, left once the
-    terminal line has come (the official client leaves it then too).
+    `POST /apps/run` (with `headers`: our client's adds an Idempotency-Key), `GET /tasks/{id}`,
+    then `GET /tasks/{id}/stream`, left once the terminal line has come (the official client
+    leaves it then too).
     """
-    async with client.post(f"{base}/apps/run", json=body) as response:
+    async with client.post(f"{base}/apps/run", json=body, headers=headers) as response:
         task_id = (await response.json())["data"]["id"]
     async with client.get(f"{base}/tasks/{task_id}") as response:
         await response.read()

@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -56,9 +57,11 @@ def plain_application(max_ongoing_requests: int | None = None):
     return PlainIngress.bind(Noop.bind())
 
 
-async def ours_call(base: str):
+async def ours_call(base: str, keyed: bool = False):
+    """`keyed`: each run carries its own Idempotency-Key, as our client sends them."""
     async def call(client, index: int) -> None:
-        done = await run_and_wait(client, base, {"app": "noop", "input": {"value": index}})
+        headers = {"Idempotency-Key": uuid.uuid4().hex} if keyed else None
+        done = await run_and_wait(client, base, {"app": "noop", "input": {"value": index}}, headers)
         assert done["output"] == {"value": index}, done
     return call
 
@@ -152,6 +155,7 @@ def main() -> None:
         "plain Serve (tuned)": plain_call(f"{base}/tuned"),
         "ours, through Serve's proxy": ours_call(f"{base}/ours"),
         "ours, `listen`": ours_call("http://127.0.0.1:8124"),
+        "ours, `listen`, Idempotency-Key": ours_call("http://127.0.0.1:8124", keyed=True),
     }
     if args.direct_ingress:
         stacks["plain Serve (defaults), direct ingress"] = plain_call(direct_ingress("plain"))

@@ -25,6 +25,7 @@ from .dispatch import Dispatcher, Saturated
 from .file_access import FileScope
 from .files_api import files_router
 from .host import Call
+from .idempotency import HEADER, REPLAYED_HEADER, check_same_request, key_of, task_id_for
 from .json_codec import dumps, dumps_ascii
 from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
@@ -32,7 +33,8 @@ from .recent import RecentTasks
 from .server_files import ServerFiles
 from .sessions_api import Sessions
 from .status import TaskStatus
-from .store import stream_view
+from .store import TaskExists, stream_view
+from .writes import StoreUnavailable
 
 _log = logging.getLogger(__name__)
 # A heartbeat line keeps proxies from closing a quiet stream; the official client's idle
@@ -61,8 +63,8 @@ class _Envelope(JSONResponse):
         return dumps(content)
 
 
-def envelope(data: Any) -> JSONResponse:
-    return _Envelope({"success": True, "data": data, "messages": []})
+def envelope(data: Any, headers: Optional[dict[str, str]] = None) -> JSONResponse:
+    return _Envelope({"success": True, "data": data, "messages": []}, headers=headers)
 
 
 def create_app(catalog: "AppCatalog", dispatcher: "Dispatcher", auth: "Auth", files: "ServerFiles", sessions: "Sessions",
@@ -110,11 +112,24 @@ def create_api(
         }
         metadata = {"app_id": app.name, "app_version_id": app.version}
         call = Call(function, data, setup, metadata, FileScope(caller, files.base_url(request)))
-        task_id, backend = uuid.uuid4().hex, dispatcher.backend(app.name)
-        if body.session is None and body.session_timeout is None:
-            return envelope(await dispatcher.submit(caller, backend, call, setup_key, fields, task_id))
-        return envelope(await sessions.submit(dispatcher, caller, app, body.session, body.session_timeout, call,
-                                              setup_key, fields, task_id))
+        key, backend = key_of(request.headers), dispatcher.backend(app.name)
+        if body.session is not None or body.session_timeout is not None:
+            if key is not None:
+                raise ApiProblem(400, "invalid_request", f"a session call cannot carry an {HEADER} yet; send it without one")
+            return envelope(await sessions.submit(dispatcher, caller, app, body.session, body.session_timeout, call,
+                                                  setup_key, fields, uuid.uuid4().hex))
+        if key is None:
+            return envelope(await dispatcher.submit(caller, backend, call, setup_key, fields, uuid.uuid4().hex))
+        task_id = task_id_for(caller, key)
+        try:
+            return envelope(await dispatcher.submit(caller, backend, call, setup_key, fields, task_id, exclusive=True))
+        except TaskExists:
+            task = await tasks.get(task_id, caller)
+        if task is None:  # pruned in between: its retention ran out
+            raise ApiProblem(409, "idempotency_key_reused", f"the task {HEADER} {key!r} named is no longer kept; "
+                             "send the request with a new key")
+        check_same_request(task, fields, key)
+        return envelope(task, headers={REPLAYED_HEADER: "true"})
 
     @api.post("/apps/run", summary="Run a function of an app; answers at once with the created task")
     async def run_app(body: RunRequest, request: Request, caller: str = Depends(owner)) -> JSONResponse:
@@ -196,6 +211,13 @@ def _install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(Saturated)
     async def saturated(request: Request, exc: Saturated) -> Response:
         return ApiProblem(429, "rate_limited", str(exc), headers={"retry-after": "1"}).response()
+
+    @api.exception_handler(StoreUnavailable)
+    async def unrecorded(request: Request, exc: StoreUnavailable) -> Response:
+        _log.warning("a task could not be recorded: %s", exc)
+        return ApiProblem(503, "unavailable", "the task store could not record this task; send the request again "
+                          f"in a moment (with an {HEADER}, the same one: it runs at most once)",
+                          headers={"retry-after": "1"}).response()
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -25,6 +25,7 @@ from .events import Cancelled, Failed, TaskEvent
 from .host import Call
 from .recent import RecentTasks
 from .status import TaskStatus
+from .store import TaskExists
 from .tracebacks import describe
 from .writes import StoreUnavailable, StoreWrites
 
@@ -60,6 +61,19 @@ def serve_backend(handle: Any) -> Backend:
     return run
 
 
+def _failed(future: asyncio.Future) -> bool:
+    return future.done() and (future.cancelled() or future.exception() is not None)
+
+
+async def _passes(gate: asyncio.Future) -> bool:
+    """Whether the record an exclusive call waits for was written; `submit` raises why not."""
+    try:
+        await asyncio.shield(gate)
+    except Exception:
+        return False
+    return True
+
+
 class Dispatcher:
     def __init__(
         self, store: Any, backends: dict[str, Backend], heartbeat_s: float = 1.0,
@@ -71,6 +85,7 @@ class Dispatcher:
         self._writes = StoreWrites(store)
         self._backends = backends
         self._running: dict[str, asyncio.Task] = {}
+        self._created: dict[str, asyncio.Future] = {}  # each running task's record, as its create returns it
         self._unfinished: Counter[Optional[str]] = Counter()  # by app
         self._max_unfinished = max_queued_tasks
         self._heartbeat_s = heartbeat_s
@@ -83,7 +98,7 @@ class Dispatcher:
 
     async def submit(
         self, owner: str, backend: Backend, call: Call, setup_key: str, fields: dict[str, Any],
-        task_id: Optional[str] = None,
+        task_id: Optional[str] = None, exclusive: bool = False,
     ) -> dict:
         """Create the task (QUEUED) and start it on `backend`; returns the task as created.
 
@@ -94,21 +109,32 @@ class Dispatcher:
         own cleanup, such as ending a session's call, always runs and callers do none.
         Raises Saturated, creating nothing, when the app (`fields["app_id"]`) holds
         `max_queued_tasks` unfinished tasks, whichever backends run them.
+
+        An `exclusive` submission (an Idempotency-Key's) runs only if it creates the record:
+        its backend is entered once the record is written, so it must need no cleanup, and
+        TaskExists is raised, nothing run, when `task_id` is recorded already or being
+        created here.
         """
         app = fields.get("app_id")
         self.ensure_room(app)
-        self._ensure_heartbeat()
         task_id = task_id or uuid.uuid4().hex
+        earlier = self._created.get(task_id) if exclusive else None
+        if earlier is not None and not _failed(earlier):
+            await asyncio.shield(earlier)  # what it raises is this request's answer too
+            raise TaskExists(f"task {task_id} is recorded already")
+        self._ensure_heartbeat()
         call = replace(call, metadata={**call.metadata, "task_id": task_id, "session_id": fields.get("session_id")})
-        created = asyncio.ensure_future(self._create(owner, fields, task_id))
-        drive = self._running[task_id] = asyncio.create_task(self._drive(owner, task_id, backend, call, setup_key, created))
+        created = self._created[task_id] = asyncio.ensure_future(self._create(owner, fields, task_id, exclusive))
+        gate = created if exclusive else None
+        drive = self._running[task_id] = asyncio.create_task(
+            self._drive(owner, task_id, backend, call, setup_key, created, gate))
         self._unfinished[app] += 1
         # A callback, not the drive's `finally`: it runs also for a drive cancelled before it started.
-        drive.add_done_callback(lambda _: self._ended(task_id, app))
+        drive.add_done_callback(lambda _: self._ended(task_id, app, drive))
 
         def cancel_unless_recorded(done: asyncio.Future) -> None:  # also when nobody awaits `submit` any more
-            if done.cancelled() or done.exception() is not None:
-                self._cancel_local(task_id)
+            if _failed(done):
+                drive.cancel()
 
         created.add_done_callback(cancel_unless_recorded)
         return await asyncio.shield(created)
@@ -119,8 +145,8 @@ class Dispatcher:
             raise Saturated(f"this server holds {self._max_unfinished} unfinished tasks of this app, its limit "
                             "(max_queued_tasks); retry in a moment")
 
-    async def _create(self, owner: str, fields: dict[str, Any], task_id: str) -> dict:
-        task = await self._writes.create(owner, fields, self.id, task_id)
+    async def _create(self, owner: str, fields: dict[str, Any], task_id: str, exclusive: bool) -> dict:
+        task = await self._writes.create(owner, fields, self.id, task_id, exclusive)
         self.tasks.put(owner, task)
         return task
 
@@ -137,11 +163,14 @@ class Dispatcher:
         return task
 
     async def _drive(
-        self, owner: str, task_id: str, backend: Backend, call: Call, setup_key: str, created: asyncio.Future
+        self, owner: str, task_id: str, backend: Backend, call: Call, setup_key: str, created: asyncio.Future,
+        gate: Optional[asyncio.Future],
     ) -> None:
         events: asyncio.Queue[Optional[TaskEvent]] = asyncio.Queue()
         writer = asyncio.create_task(self._write(owner, task_id, events, created))
         try:
+            if gate is not None and not await _passes(gate):
+                return
             async for event in backend(call, setup_key):
                 events.put_nowait(event)
         except asyncio.CancelledError:
@@ -155,8 +184,9 @@ class Dispatcher:
             events.put_nowait(None)
             await asyncio.shield(writer)  # a cancel repeated meanwhile (the heartbeat's) must not stop the record
 
-    def _ended(self, task_id: str, app: Optional[str]) -> None:
-        self._running.pop(task_id, None)
+    def _ended(self, task_id: str, app: Optional[str], drive: asyncio.Task) -> None:
+        if self._running.get(task_id) is drive:  # not a keyed task's next try, started once this one's record failed
+            del self._running[task_id], self._created[task_id]
         self._unfinished[app] -= 1
 
     async def _write(

@@ -67,6 +67,10 @@ class _Live:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+class TaskExists(Exception):
+    """An exclusive create named a task that is recorded already (an Idempotency-Key sent again)."""
+
+
 class TaskStore:
     def __init__(self, database: str, *, retention_s: float = 7 * 24 * 3600, lease_s: float = LEASE_S) -> None:
         if database != ":memory:":
@@ -98,11 +102,17 @@ class TaskStore:
     # -- creating and reading -------------------------------------------------
 
     async def create(
-        self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None, task_id: Optional[str] = None
+        self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None, task_id: Optional[str] = None,
+        exclusive: bool = False,
     ) -> dict[str, Any]:
-        """Record a new task, QUEUED, and return it."""
+        """Record a new task, QUEUED, and return it.
+
+        An `exclusive` create raises TaskExists when `task_id` is recorded already, unless it is
+        the same dispatcher's and still QUEUED: its own create sent again (Ray repeats an actor
+        call cut off by a restart), or one whose answer it lost, which it now runs.
+        """
         with self._transaction():
-            return self._create(owner, fields, dispatcher, task_id)
+            return self._create(owner, fields, dispatcher, task_id, exclusive)
 
     async def get(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
         """The task, or None when it does not exist or belongs to another key."""
@@ -190,8 +200,16 @@ class TaskStore:
             return exc
 
     def _create(
-        self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None, task_id: Optional[str] = None
+        self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None, task_id: Optional[str] = None,
+        exclusive: bool = False,
     ) -> dict[str, Any]:
+        if exclusive and task_id is not None:
+            recorded = self._recorded(task_id)
+            if recorded is not None:
+                task, by = recorded
+                if by == dispatcher and task["status"] == TaskStatus.QUEUED:
+                    return task
+                raise TaskExists(f"task {task_id} is recorded already")
         stamp = time.time()
         task = {
             "id": task_id or uuid.uuid4().hex,
@@ -209,6 +227,14 @@ class TaskStore:
         live = self._live[task["id"]] = _Live(task, owner, dispatcher)
         self._changes.append((live, None))
         return task
+
+    def _recorded(self, task_id: str) -> Optional[tuple[dict[str, Any], Optional[str]]]:
+        """(task, its dispatcher) of any owner, or None."""
+        live = self._live.get(task_id)
+        if live is not None:
+            return live.task, live.dispatcher
+        row = self._db.execute("SELECT body, dispatcher FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return (loads(row[0]), row[1]) if row else None
 
     def _get(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
         live = self._live.get(task_id)

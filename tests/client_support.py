@@ -122,13 +122,15 @@ class CuttingProxy:
     """A TCP proxy to `upstream` that cuts task streams (NDJSON responses) as a flaky network would.
 
     `cut(index, chunk)` decides, for each chunk of the `index`-th stream response (0-based)
-    about to be forwarded, whether to drop it and close the connection instead.
-    `requests` holds the request line of every request that passed.
+    about to be forwarded, whether to drop it and close the connection instead; `drop(chunk)`
+    does so for any chunk. `requests` holds the request line of every request that passed.
     """
 
-    def __init__(self, upstream_port: int, cut: Callable[[int, bytes], bool]) -> None:
+    def __init__(self, upstream_port: int, cut: Callable[[int, bytes], bool],
+                 drop: Callable[[bytes], bool] = lambda chunk: False) -> None:
         self._upstream = upstream_port
         self._cut = cut
+        self._drop = drop
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -164,7 +166,7 @@ class CuttingProxy:
             if b"application/x-ndjson" in data:
                 with self._lock:
                     stream, self.streams = self.streams, self.streams + 1
-            if stream is not None and self._cut(stream, data):
+            if self._drop(data) or (stream is not None and self._cut(stream, data)):
                 with self._lock:
                     self.cuts += 1
                 break

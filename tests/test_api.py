@@ -247,6 +247,82 @@ def test_a_task_that_cannot_be_recorded_is_refused_and_its_call_cancelled(apps, 
 
     lifecycle.EVENTS.clear()
     refused, after = scenario(apps, tmp_path, body)
-    assert refused.status_code == 500 and refused.json()["type"] == "/errors/internal_error"
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["type"] == "/errors/unavailable" and "send the request again" in refused.json()["detail"]
     assert "slow:start:z" in lifecycle.EVENTS and "slow:cancelled:z" in lifecycle.EVENTS
     assert after["status"] == TaskStatus.COMPLETED
+
+
+def test_a_run_sent_again_with_its_idempotency_key_gets_the_first_task_and_runs_once(apps, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(apps))
+    import lifecycle
+
+    async def body(client):
+        slow = {"app": "counting:slow", "input": {"text": "k"}}
+        first, concurrent = await asyncio.gather(
+            client.post("/apps/run", json=slow, headers={"Idempotency-Key": "key-1"}),
+            client.post("/apps/run", json=slow, headers={"Idempotency-Key": "key-1"}))
+        later = await client.post("/v1/apps/counting/run", json={"function": "slow", "input": {"text": "k"}},
+                                  headers={"Idempotency-Key": "key-1"})
+        task_id = first.json()["data"]["id"]
+        assert concurrent.json()["data"]["id"] == later.json()["data"]["id"] == task_id
+        assert "idempotent-replayed" not in first.headers
+        assert concurrent.headers["idempotent-replayed"] == later.headers["idempotent-replayed"] == "true"
+        await client.post(f"/tasks/{task_id}/cancel")
+        await wait_terminal(client, task_id)
+        finished = await client.post("/apps/run", json=slow, headers={"Idempotency-Key": "key-1"})
+        assert finished.json()["data"]["status"] == TaskStatus.CANCELLED  # the task as it is now, not a new one
+        other = await client.post("/apps/run", json=slow, headers={"Idempotency-Key": "key-2"})
+        assert other.json()["data"]["id"] != task_id
+        await client.post(f"/tasks/{other.json()['data']['id']}/cancel")
+        return await wait_terminal(client, other.json()["data"]["id"])
+
+    lifecycle.EVENTS.clear()
+    scenario(apps, tmp_path, body)
+    assert lifecycle.EVENTS.count("slow:start:k") == 2  # key-1's task once, key-2's once
+
+
+def test_an_idempotency_key_names_one_request_of_one_caller(apps, tmp_path):
+    async def body(client):
+        alice, bob = {"Authorization": "Bearer alice-key"}, {"Authorization": "Bearer bob-key"}
+        run = {"app": "counting", "input": {"text": "x"}}
+        mine = (await client.post("/apps/run", json=run, headers={**alice, "Idempotency-Key": "k"})).json()["data"]
+        theirs = (await client.post("/apps/run", json=run, headers={**bob, "Idempotency-Key": "k"})).json()["data"]
+        assert mine["id"] != theirs["id"]
+        reused = await client.post("/apps/run", json={"app": "counting", "input": {"text": "y"}, "setup": {"mode": "b"}},
+                                   headers={**alice, "Idempotency-Key": "k"})
+        assert reused.status_code == 409, reused.text
+        problem = reused.json()
+        assert problem["type"] == "/errors/idempotency_key_reused" and problem["task_id"] == mine["id"]
+        assert "its input, setup differ" in problem["detail"]
+        with_session = await client.post("/apps/run", json={**run, "session": "new"}, headers={**alice, "Idempotency-Key": "s"})
+        assert with_session.status_code == 400 and "session call cannot carry an Idempotency-Key" in with_session.text
+        for bad in ("x" * 256, "tab\there"):
+            refused = await client.post("/apps/run", json=run, headers={**alice, "Idempotency-Key": bad})
+            assert refused.status_code == 400 and "1-255 printable ASCII" in refused.json()["detail"]
+        assert (await client.get("/sessions", headers=alice)).json()["data"] == []
+        for task, who in ((mine, alice), (theirs, bob)):
+            await wait_terminal(client, task["id"], headers=who)
+
+    scenario(apps, tmp_path, body, keys=["alice-key", "bob-key"])
+
+
+def test_a_keyed_run_whose_record_failed_can_be_sent_again_with_its_key(apps, tmp_path):
+    async def body(client):
+        write = client.store.write
+
+        async def down(ops):
+            raise RuntimeError("the task store is down")
+
+        client.store.write = down
+        refused = await client.post("/apps/run", json={"app": "counting", "input": {"text": "r"}},
+                                    headers={"Idempotency-Key": "again"})
+        client.store.write = write
+        taken = await client.post("/apps/run", json={"app": "counting", "input": {"text": "r"}},
+                                  headers={"Idempotency-Key": "again"})
+        return refused, taken, await wait_terminal(client, taken.json()["data"]["id"])
+
+    refused, taken, done = scenario(apps, tmp_path, body)
+    assert refused.status_code == 503 and "with an Idempotency-Key, the same one" in refused.json()["detail"]
+    assert taken.status_code == 200 and "idempotent-replayed" not in taken.headers
+    assert done["status"] == TaskStatus.COMPLETED and done["output"]["text"] == "r"

@@ -188,13 +188,65 @@ def test_a_run_refused_for_load_is_sent_again_after_retry_after(mode):
     assert len(seen) == 1
 
 
-@pytest.mark.parametrize("status, retry_after", [(503, "0"), (500, "0"), (429, "3600"), (429, "-1")])
-def test_only_a_429_asking_a_short_wait_is_retried(status, retry_after):
-    """A 5xx may have created the task (sending it again could run it twice); an hour's wait is the caller's call."""
+@pytest.mark.parametrize("status, retry_after, session", [(500, "0", None), (503, "0", "new"), (504, "0", "s1"),
+                                                          (429, "3600", None), (429, "-1", None)])
+def test_a_run_is_not_retried_when_sending_it_again_could_run_it_twice(status, retry_after, session):
+    """A 500 is the server's bug; a session call carries no Idempotency-Key, so its 503 may have
+    created the task; an hour's wait is the caller's call."""
     seen, handler = refusing(1, retry_after, status)
+    body = {"app": "a", "input": {"text": "x"}, "session": session}
     with pytest.raises(APIError) as info:
-        run_no_wait("sync", handler)
+        inference(base_url="http://s.test", transport=httpx.MockTransport(handler)).run(body, wait=False)
     assert info.value.status_code == status and len(seen) == 1
+    assert ("idempotency-key" in seen[0].headers) == (session is None)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_unanswered_run_is_sent_again_with_its_idempotency_key(mode):
+    """A dropped connection, a timeout, a proxy's 502 or the server's 503: the same key each time,
+    so the server creates the task once."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            raise httpx.ReadTimeout("no answer", request=request)
+        if len(seen) == 2:
+            return httpx.Response(503, headers={"retry-after": "0"}, json={"status": 503, "detail": "store down"})
+        return httpx.Response(200, json={"data": {"id": "t1", "status": 2}})
+
+    assert run_no_wait(mode, handler)["id"] == "t1"
+    keys = {request.headers["idempotency-key"] for request in seen}
+    assert len(seen) == 3 and len(keys) == 1 and len(next(iter(keys))) == 32
+
+    seen.clear()
+    assert run_no_wait(mode, handler, max_retries=3)["id"] == "t1"
+    assert seen[0].headers["idempotency-key"] not in keys  # a new run, a new key
+
+    seen.clear()
+    client = inference(base_url="http://s.test", transport=httpx.MockTransport(handler), max_retries=1)
+    with pytest.raises(APIError, match="HTTP 503"):
+        client.run({"app": "a", "input": {}}, wait=False, idempotency_key="order-17")
+    assert [request.headers["idempotency-key"] for request in seen] == ["order-17", "order-17"]
+
+
+def test_reads_and_cancels_are_sent_again_when_unanswered():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) % 2:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={"data": {"id": "t1", "status": 9}})
+
+    client = inference(base_url="http://s.test", transport=httpx.MockTransport(handler))
+    assert client.tasks.get("t1").data["id"] == "t1"
+    client.tasks.cancel("t1")
+    assert [request.method for request in seen] == ["GET", "GET", "POST", "POST"]
+    seen.clear()
+    with pytest.raises(ConnectionFailed):
+        inference(base_url="http://s.test", transport=httpx.MockTransport(handler), max_retries=0).tasks.get("t1")
+    assert len(seen) == 1
 
 
 @pytest.mark.parametrize("retry_after", [None, "Fri, 04 Dec 2026 18:00:00 GMT"])

@@ -171,6 +171,28 @@ def test_a_cut_stream_is_reconciled(ray_serve, url, mode):
     assert any(update["output"] and update["output"]["text"] == "k0" for update in updates)
 
 
+def test_a_run_whose_answer_is_lost_is_sent_again_and_runs_once(ray_serve, url):
+    """The answer to the run is cut after the server created the task: the client sends the run
+    again with its Idempotency-Key, and gets that task, which ran once."""
+    prefix = url.split(str(ray_serve.port), 1)[1]
+    dropped = []
+
+    def drop(chunk: bytes) -> bool:
+        if not dropped and b'"function":"blocking"' in chunk and b"x-ndjson" not in chunk:
+            dropped.append(chunk)
+            return True
+        return False
+
+    proxy = CuttingProxy(ray_serve.port, lambda index, chunk: False, drop)
+    try:
+        done = inference(base_url=proxy.url + prefix).run({"app": "counting:blocking", "input": {"text": "lost-answer"}})
+    finally:
+        proxy.close()
+    assert dropped and proxy.requests.count(f"POST {prefix}/apps/run HTTP/1.1") == 2
+    assert done["status"] == TaskStatus.COMPLETED and done["output"]["text"] == "lost-answer"
+    assert ray_serve.lifecycle().count("blocking:start:lost-answer") == 1
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_files_uploaded_from_inputs_and_downloaded_from_outputs(served, tmp_path, mode, monkeypatch):
     url = served[1]

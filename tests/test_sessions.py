@@ -259,7 +259,7 @@ def test_a_call_that_cannot_be_recorded_does_not_pin_its_session_open(apps, tmp_
         return failed, (await client.get(f"/sessions/{session}", headers=A)).json()["data"]
 
     failed, info = scenario(apps, tmp_path, body)
-    assert failed.status_code == 500 and failed.json()["type"] == "/errors/internal_error"
+    assert failed.status_code == 503 and failed.json()["type"] == "/errors/unavailable"
     assert info["status"] == "expired"  # the call that never ran did not hold it open
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from inferencesh_ray.events import Cancelled, Completed, Failed, Log, Output, Running, SettingUp, Uploading
 from inferencesh_ray.status import TaskStatus
-from inferencesh_ray.store import TaskStore, stream_view
+from inferencesh_ray.store import TaskExists, TaskStore, stream_view
 
 
 def test_status_moves_only_forward_and_terminal_is_final(tmp_path):
@@ -246,3 +246,30 @@ def test_a_task_keeps_its_last_log_lines_numbered_as_they_came(tmp_path):
     assert len(task["logs"]) == MAX_LOG_LINES
     assert [log["content"] for log in task["logs"][-2:]] == [f"line {total - 2}", f"line {total - 1}"]
     assert task["logs"][0]["id"] == f"{task['id']}-{total - MAX_LOG_LINES}"  # where lines were dropped shows
+
+
+def test_an_exclusive_create_refuses_a_recorded_task_unless_its_own_and_still_queued(tmp_path):
+    async def first():
+        store = TaskStore(str(tmp_path / "t.db"))
+        queued = await store.create("me", {"input": {"n": 1}}, "d1", "k1", exclusive=True)
+        again = await store.create("me", {"input": {"n": 1}}, "d1", "k1", exclusive=True)  # its own, sent again
+        assert again == queued
+        with pytest.raises(TaskExists):
+            await store.create("me", {"input": {"n": 1}}, "d2", "k1", exclusive=True)  # another dispatcher's
+        await store.apply("k1", [Running()])
+        with pytest.raises(TaskExists):
+            await store.create("me", {"input": {"n": 1}}, "d1", "k1", exclusive=True)  # running: not to start again
+        finished = await store.create("me", {"input": {}}, "d1", "k2", exclusive=True)
+        await store.apply(finished["id"], [Completed({})])
+
+    async def after_a_restart():
+        store = TaskStore(str(tmp_path / "t.db"))
+        for task_id in ("k1", "k2"):  # live again, and from the database only
+            with pytest.raises(TaskExists):
+                await store.create("me", {"input": {}}, "d1", task_id, exclusive=True)
+        results = await store.write([("create", ("me", {"input": {}}, "d3", "k2", True)),
+                                     ("create", ("me", {"input": {}}, "d3", "k3", True))])
+        assert isinstance(results[0], TaskExists) and results[1]["id"] == "k3"  # one refusal fails only itself
+
+    asyncio.run(first())
+    asyncio.run(after_a_restart())

@@ -11,7 +11,7 @@ from typing import IO, Any, AsyncIterator, Optional, Union
 import httpx
 
 from ..files import File
-from ._base import InputSchemas, StreamHandle, client_options, file_url_request, run_body, stream_request
+from ._base import InputSchemas, StreamHandle, client_options, file_url_request, idempotency_headers, run_body, stream_request
 from ._config import DEFAULT_MAX_RETRIES, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
@@ -31,7 +31,7 @@ from ._files import (
 from ._stream import StreamOptions, TaskWatch
 from ._tasks import strip_task
 from ._transfer import upload_request
-from ._wire import MessageCallback, Response, is_transient, read_envelope, retry_delay, route, task_of
+from ._wire import SAFE_METHODS, MessageCallback, Response, is_transient, read_envelope, retry_delay, route, task_of
 
 
 class _AsyncConnection:
@@ -44,15 +44,21 @@ class _AsyncConnection:
         self._on_message = on_message
         self.http = httpx.AsyncClient(**client_options(config, transport))
 
-    async def request(self, method: str, path: str, *, json: Any = None) -> Response:
-        attempt = 0
+    async def request(
+        self, method: str, path: str, *, json: Any = None, headers: Optional[dict[str, str]] = None, resend: bool = False
+    ) -> Response:
+        """The answer's envelope; `resend`: sending the request again cannot do anything twice (see retry_delay)."""
+        attempt, resend = 0, resend or method in SAFE_METHODS
         while True:
+            failure: Optional[httpx.TransportError] = None
             try:
-                response = await self.http.request(method, path, json=json)
+                response: Optional[httpx.Response] = await self.http.request(method, path, json=json, headers=headers)
             except httpx.TransportError as exc:
-                raise connection_failed(exc, self.config.timeout) from exc
-            delay = retry_delay(response, attempt, self.config.max_retries)
+                response, failure = None, exc
+            delay = retry_delay(response, attempt, self.config.max_retries, resend)
             if delay is None:
+                if response is None:
+                    raise connection_failed(failure, self.config.timeout) from failure
                 return read_envelope(response.status_code, response.text, self._on_message)
             await asyncio.sleep(delay)
             attempt += 1
@@ -166,14 +172,17 @@ class AsyncTasks:
         auto_reconnect: bool = True,
         max_reconnects: int = 5,
         reconnect_delay_ms: int = 1000,
+        idempotency_key: Optional[str] = None,
     ) -> Union[dict[str, Any], AsyncTaskStream]:
         """As `Tasks.run`: the completed task, the created task (`wait=False`) or an AsyncTaskStream (`stream=True`)."""
         options = StreamOptions(auto_reconnect, max_reconnects, reconnect_delay_ms, timeout)
+        key = idempotency_headers(params, idempotency_key)
         files = InputFiles(params.get("input"))
         if files.pending:  # only then is the schema worth a request: which of them are in file fields?
             files = InputFiles(params.get("input"), await self._input_schema(params))
         uris = {pending: (await self._files.upload(pending.source, pending.options))["uri"] for pending in files.pending}
-        task = task_of(await self._connection.request("POST", "/apps/run", json=run_body(params, files, uris)))
+        task = task_of(await self._connection.request("POST", "/apps/run", json=run_body(params, files, uris),
+                                      headers=key, resend=bool(key)))
         if stream:
             return AsyncTaskStream(self._connection, task["id"], options)
         if not wait:
@@ -195,7 +204,7 @@ class AsyncTasks:
 
     async def cancel(self, task_id: str) -> None:
         """Ask the server to cancel the task; a finished task stays as it is."""
-        await self._connection.request("POST", route("/tasks/{}/cancel", task_id))
+        await self._connection.request("POST", route("/tasks/{}/cancel", task_id), resend=True)
 
     def stream(
         self,

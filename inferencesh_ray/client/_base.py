@@ -4,6 +4,7 @@ stream handle's state. Only sending differs between them."""
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any, Optional, Union
 
 import httpx
@@ -39,6 +40,14 @@ def file_url_request(
     request = http.build_request(method, url, content=content, headers=headers)
     request.headers.pop("Authorization", None)
     return request
+
+
+def idempotency_headers(params: dict[str, Any], key: Optional[str]) -> Optional[dict[str, str]]:
+    """The run's Idempotency-Key: `key`, else a new one, so the run can be sent again safely.
+    A session call gets none unless given one (the server refuses that, saying why)."""
+    if key is None and (params.get("session") is not None or params.get("session_timeout") is not None):
+        return None
+    return {"Idempotency-Key": key or uuid.uuid4().hex}
 
 
 def run_body(params: dict[str, Any], files: InputFiles, uris: dict[PendingUpload, str]) -> dict[str, Any]:

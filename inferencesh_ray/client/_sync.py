@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Union
 import httpx
 
 from ..files import File
-from ._base import InputSchemas, StreamHandle, client_options, file_url_request, run_body, stream_request
+from ._base import InputSchemas, StreamHandle, client_options, file_url_request, idempotency_headers, run_body, stream_request
 from ._config import DEFAULT_MAX_RETRIES, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
@@ -36,7 +36,7 @@ from ._files import (
 from ._stream import StreamOptions, TaskWatch
 from ._tasks import strip_task
 from ._transfer import upload_request
-from ._wire import MessageCallback, Response, is_transient, read_envelope, retry_delay, route, task_of
+from ._wire import SAFE_METHODS, MessageCallback, Response, is_transient, read_envelope, retry_delay, route, task_of
 
 
 class _Connection:
@@ -47,15 +47,21 @@ class _Connection:
         self._on_message = on_message
         self.http = httpx.Client(**client_options(config, transport))
 
-    def request(self, method: str, path: str, *, json: Any = None) -> Response:
-        attempt = 0
+    def request(
+        self, method: str, path: str, *, json: Any = None, headers: Optional[dict[str, str]] = None, resend: bool = False
+    ) -> Response:
+        """The answer's envelope; `resend`: sending the request again cannot do anything twice (see retry_delay)."""
+        attempt, resend = 0, resend or method in SAFE_METHODS
         while True:
+            failure: Optional[httpx.TransportError] = None
             try:
-                response = self.http.request(method, path, json=json)
+                response: Optional[httpx.Response] = self.http.request(method, path, json=json, headers=headers)
             except httpx.TransportError as exc:
-                raise connection_failed(exc, self.config.timeout) from exc
-            delay = retry_delay(response, attempt, self.config.max_retries)
+                response, failure = None, exc
+            delay = retry_delay(response, attempt, self.config.max_retries, resend)
             if delay is None:
+                if response is None:
+                    raise connection_failed(failure, self.config.timeout) from failure
                 return read_envelope(response.status_code, response.text, self._on_message)
             time.sleep(delay)
             attempt += 1
@@ -192,6 +198,7 @@ class Tasks:
         auto_reconnect: bool = True,
         max_reconnects: int = 5,
         reconnect_delay_ms: int = 1000,
+        idempotency_key: Optional[str] = None,
     ) -> Union[dict[str, Any], TaskStream]:
         """Start a task (`POST /apps/run`) and, by default, wait for its result.
 
@@ -200,13 +207,20 @@ class Tasks:
         `input`'s file fields are uploaded first and replaced by their URIs. Returns the completed task
         (`wait=True`), the created task (`wait=False`) or a TaskStream (`stream=True`).
         `timeout` bounds the wait in seconds (WaitTimeout); the task keeps running after it.
+
+        The request carries an Idempotency-Key (`idempotency_key`, else a new one; a session
+        call carries none), so when it goes unanswered (a dropped connection, a 502/503/504)
+        it is sent again, up to `max_retries` times, and the task still runs once. Pass your
+        own key to make a run you send again later (after a crash, say) the same run.
         """
         options = StreamOptions(auto_reconnect, max_reconnects, reconnect_delay_ms, timeout)
+        key = idempotency_headers(params, idempotency_key)
         files = InputFiles(params.get("input"))
         if files.pending:  # only then is the schema worth a request: which of them are in file fields?
             files = InputFiles(params.get("input"), self._input_schema(params))
         uris = {pending: self._files.upload(pending.source, pending.options)["uri"] for pending in files.pending}
-        task = task_of(self._connection.request("POST", "/apps/run", json=run_body(params, files, uris)))
+        task = task_of(self._connection.request("POST", "/apps/run", json=run_body(params, files, uris),
+                                      headers=key, resend=bool(key)))
         if stream:
             return TaskStream(self._connection, task["id"], options)
         if not wait:
@@ -228,7 +242,7 @@ class Tasks:
 
     def cancel(self, task_id: str) -> None:
         """Ask the server to cancel the task; a finished task stays as it is."""
-        self._connection.request("POST", route("/tasks/{}/cancel", task_id))
+        self._connection.request("POST", route("/tasks/{}/cancel", task_id), resend=True)
 
     def stream(
         self,
@@ -334,7 +348,9 @@ class Inference:
     `base_url` (else `INFERENCE_BASE_URL`) is required; `api_key` (else `INFERENCE_API_KEY`)
     is sent as a bearer token when given. `timeout` bounds each connect, read and write of
     plain requests; `stream_timeout` bounds each read of a task stream. A request the
-    server refuses for load (429) is sent again up to `max_retries` times, after its Retry-After.
+    server refuses for load (429) is sent again up to `max_retries` times, after its Retry-After;
+    so is one that sending again cannot make happen twice (a read, a cancel, a run: it carries
+    an Idempotency-Key) when its connection fails or it gets a 502, 503 or 504.
     """
 
     def __init__(

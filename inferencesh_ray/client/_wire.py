@@ -68,23 +68,34 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, APIError) and (exc.status_code >= 500 or exc.status_code == 429)
 
 
+# Requests that sending again cannot make happen twice: reads, and ending a session (idempotent).
+SAFE_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 # A server asking for longer than this is treated as unavailable rather than waited on.
 MAX_RETRY_AFTER_S = 60.0
+# The server, or a proxy before it, could not take the request just now.
+_UNAVAILABLE = frozenset({502, 503, 504})
 
 
-def retry_delay(response: httpx.Response, attempt: int, max_retries: int) -> Optional[float]:
-    """Seconds to wait before sending a request again, or None to give its answer to the caller.
+def retry_delay(response: Optional[httpx.Response], attempt: int, max_retries: int, resend: bool) -> Optional[float]:
+    """Seconds to wait before sending a request again, or None to give its answer (or failure) to the caller.
 
-    Only a 429 is retried: the server refused the request for load and created nothing,
-    so sending it again cannot run a task twice. The wait is the server's Retry-After
-    (else 0.5 s doubling), stretched by up to a quarter so refused clients do not all return at once.
+    A 429 is retried: the server refused the request for load and created nothing. A
+    request that sending again cannot make happen twice (`resend`: a read, a cancel, a run
+    with an Idempotency-Key) is retried too after a failed connection (`response` None)
+    or a 502, 503 or 504. The wait is the server's Retry-After (else 0.5 s doubling),
+    stretched by up to a quarter so refused clients do not all return at once.
     """
-    if response.status_code != 429 or attempt >= max_retries:
+    if attempt >= max_retries:
+        return None
+    status = None if response is None else response.status_code
+    if status != 429 and not (resend and (status is None or status in _UNAVAILABLE)):
         return None
     try:
-        asked = float(response.headers.get("retry-after", ""))
+        asked = float(response.headers.get("retry-after", "")) if response is not None else None
     except ValueError:
-        asked = 0.5 * 2**attempt  # absent, or an HTTP date: servers here send seconds
+        asked = None  # absent, or an HTTP date: servers here send seconds
+    if asked is None:
+        asked = 0.5 * 2**attempt
     if not 0 <= asked <= MAX_RETRY_AFTER_S:
         return None
     return asked * (1 + random.random() / 4)

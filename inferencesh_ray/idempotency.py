@@ -1,0 +1,56 @@
+"""Idempotency keys: a run request sent again with its `Idempotency-Key` gets the first one's task.
+
+A client that lost the answer to a run request (a timeout, a dropped connection, a proxy's
+502 or 503) cannot tell whether its task was created. Sent again with the same key, the
+request is answered with the task the first one created, as it is now, and the work runs
+once. The caller and the key make the task's id, so whichever ingress replica takes the
+request again finds the task in the task store, for as long as the store keeps it.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Mapping, Optional
+
+from .json_codec import dumps, loads
+from .problems import ApiProblem
+
+HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+MAX_KEY_CHARS = 255
+_KEY = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY_CHARS}}}")
+_NAMESPACE = uuid.UUID("5b0f6a3e-9c1d-4e7a-8f21-6d3c2b7a9e10")
+# What makes two run requests the same request; the app's version may move between them.
+_REQUEST_FIELDS = ("app_id", "function", "input", "setup")
+
+
+def key_of(headers: Mapping[str, str]) -> Optional[str]:
+    """The request's key, or None; 400 for a key that is not 1-255 printable ASCII characters."""
+    key = headers.get(HEADER)
+    if key is None:
+        return None
+    if not _KEY.fullmatch(key):
+        raise ApiProblem(400, "invalid_request",
+                         f"the {HEADER} header must be 1-{MAX_KEY_CHARS} printable ASCII characters (a UUID, say)")
+    return key
+
+
+def task_id_for(owner: str, key: str) -> str:
+    """The id of the task that `owner`'s requests with `key` name."""
+    return uuid.uuid5(_NAMESPACE, f"{owner}\n{key}").hex
+
+
+def check_same_request(task: dict[str, Any], fields: dict[str, Any], key: str) -> None:
+    """409 when the task `key` names was created by a different request."""
+    differ = [name for name in _REQUEST_FIELDS if _plain(task.get(name)) != _plain(fields.get(name))]
+    if differ:
+        raise ApiProblem(409, "idempotency_key_reused",
+                         f"{HEADER} {key!r} was first sent with a different request (its {', '.join(differ)} "
+                         f"differ), which created task {task['id']}; send a new request with a new key",
+                         task_id=task["id"])
+
+
+def _plain(value: Any) -> Any:
+    """As JSON reads it back: the stored task went through JSON (or pickling), the request not yet."""
+    return loads(dumps(value))
