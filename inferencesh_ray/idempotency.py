@@ -46,8 +46,8 @@ def check_same_request(task: dict[str, Any], fields: dict[str, Any], key: str) -
     differ = [name for name in _REQUEST_FIELDS if _plain(task.get(name)) != _plain(fields.get(name))]
     if differ:
         raise ApiProblem(409, "idempotency_key_reused",
-                         f"{HEADER} {key!r} was first sent with a different request (its {', '.join(differ)} "
-                         f"differ), which created task {task['id']}; send a new request with a new key",
+                         f"{HEADER} {key!r} was first sent with a different request (another "
+                         f"{' and '.join(differ)}), which created task {task['id']}; send a new request with a new key",
                          task_id=task["id"])
 
 

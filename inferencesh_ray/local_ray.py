@@ -11,7 +11,9 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Optional
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 # Ray maps a node IP of 127.0.0.1 to this machine's routable address unless it believes
 # it runs outside a cluster; say so before Ray is imported, for this process and the
@@ -52,15 +54,40 @@ def start_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> 
     return True
 
 
-def stop_ray() -> None:
-    """Stop the Ray we started, its live sessions ended first: killed with it, their apps would not unload."""
+def stop_ray(serve_too: bool = False) -> None:
+    """Stop the Ray we started. Serve's apps (`serve_too`) and the live sessions end first, their
+    apps unloaded: killed with Ray, they would not unload. Ctrl-C or SIGTERM meanwhile stops Ray at once."""
     import ray
 
     from .session_worker import end_all_sessions
 
-    if ended := end_all_sessions():
-        print(f"ended {ended} live session(s)", file=sys.stderr, flush=True)
+    try:
+        with _signals_interrupt():
+            if serve_too:
+                from ray import serve
+
+                serve.shutdown()
+            if ended := end_all_sessions():
+                print(f"ended {ended} live session(s)", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("stopping Ray now: apps still unloading are stopped with it", file=sys.stderr, flush=True)
     ray.shutdown()
+
+
+@contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """In the block, Ctrl-C and SIGTERM raise KeyboardInterrupt, whatever handlers were set (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def pin_replica_grpc_to_node_address() -> None:
@@ -119,7 +146,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             signal.signal(sig, lambda *_: process.send_signal(signal.SIGINT))
         return process.wait()
     finally:
-        print("ending live sessions, if any (their apps unload), then stopping Ray...", file=sys.stderr, flush=True)
+        print("ending live sessions, if any (their apps unload), then stopping Ray (Ctrl-C: stop it now)...",
+              file=sys.stderr, flush=True)
         stop_ray()
 
 

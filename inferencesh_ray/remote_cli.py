@@ -51,6 +51,9 @@ def add_commands(commands: Any, app_commands: Any) -> None:
     run.add_argument("-s", "--setup", help="setup config as JSON, or @file.json")
     run.add_argument("--session", metavar="new|ID", help='run in a session: "new" starts one, an id continues it')
     run.add_argument("--session-timeout", type=int, metavar="S", help="idle timeout of a new session, seconds")
+    run.add_argument("--idempotency-key", metavar="KEY",
+                     help="the run's Idempotency-Key: run again with the same key, this command follows the "
+                          "first run's task instead of starting another (default: a new key)")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--no-wait", action="store_true", help="print the created task and return at once")
     mode.add_argument("--stream", action="store_true", help="print every update as one JSON line")
@@ -126,7 +129,7 @@ def _app_run(args: argparse.Namespace) -> int:
     optional = {"function": args.function, "setup": setup, "session": args.session, "session_timeout": args.session_timeout}
     params.update({key: value for key, value in optional.items() if value is not None})
     client = _client(args)
-    task = client.tasks.run(params, wait=False)
+    task = client.tasks.run(params, wait=False, idempotency_key=args.idempotency_key)
     if args.no_wait:
         _print_json(task)
         return 0

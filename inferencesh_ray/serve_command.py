@@ -77,12 +77,12 @@ def serve_forever(
         where = f"at {where} (API docs: /docs)" if where else "with no HTTP door (Serve's proxy is disabled, no `listen`)"
         _say(f"serving {', '.join(names)} {where}; Ctrl-C to stop")
         stop.wait()
-        _say("shutting down: unloading apps" + (" and ending live sessions (up to 30 s)..." if started else "..."))
+        _say("shutting down: unloading apps" + (" and ending live sessions (up to 30 s; Ctrl-C: stop now)..."
+                                                if started else "..."))
         return 0
     finally:
         if started:
-            serve.shutdown()
-            stop_ray()
+            stop_ray(serve_too=True)
         else:
             # On a shared cluster, take down only what this command deployed.
             for app_name in names:

@@ -294,7 +294,7 @@ def test_an_idempotency_key_names_one_request_of_one_caller(apps, tmp_path):
         assert reused.status_code == 409, reused.text
         problem = reused.json()
         assert problem["type"] == "/errors/idempotency_key_reused" and problem["task_id"] == mine["id"]
-        assert "its input, setup differ" in problem["detail"]
+        assert "(another input and setup)" in problem["detail"]
         with_session = await client.post("/apps/run", json={**run, "session": "new"}, headers={**alice, "Idempotency-Key": "s"})
         assert with_session.status_code == 400 and "session call cannot carry an Idempotency-Key" in with_session.text
         for bad in ("x" * 256, "tab\there"):

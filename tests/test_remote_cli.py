@@ -70,6 +70,16 @@ def test_app_run_prints_output_and_shows_progress(server):
     assert len([line for line in shown if line == "step 1"]) == 1  # re-sent snapshots do not repeat logs
 
 
+def test_a_run_with_the_same_idempotency_key_follows_the_first_runs_task(server):
+    first = cli(server.url, "app", "run", "counting", "-i", '{"text": "k"}', "--idempotency-key", "nightly-7", "--no-wait")
+    again = cli(server.url, "app", "run", "counting", "-i", '{"text": "k"}', "--idempotency-key", "nightly-7")
+    assert first.returncode == again.returncode == 0, first.stderr + again.stderr
+    task_id = json.loads(first.stdout)["id"]
+    assert again.stderr.splitlines()[0] == f"task {task_id} created" and json.loads(again.stdout)["text"] == "k"
+    other = cli(server.url, "app", "run", "counting", "-i", '{"text": "other"}', "--idempotency-key", "nightly-7")
+    assert other.returncode == 1 and "was first sent with a different request (another input)" in other.stderr
+
+
 def test_no_wait_then_task_get_stream_and_cancel(server):
     created = cli(server.url, "app", "run", "counting", "-f", "progress", "-i", '{"text": "n", "times": 3}', "--no-wait")
     assert created.returncode == 0, created.stderr

@@ -200,6 +200,46 @@ def test_serve_run_on_a_private_loopback_ray_stops_cleanly(tmp_path, stop):
         httpx.get(f"{url}/health", timeout=2)  # that Ray, and its proxy, are gone
 
 
+@pytest.mark.slow
+def test_a_second_sigterm_stops_our_ray_without_waiting_for_apps_to_unload(tmp_path):
+    """Stopping waits for live sessions' apps to unload; a second signal (Ctrl-C again) cuts that short."""
+    from conftest import free_port
+
+    port = free_port()
+    config = tmp_path / "slow.yaml"
+    config.write_text(
+        f"http_options: {{host: 127.0.0.1, port: {port}}}\n"
+        "applications:\n"
+        "  - {name: slow, route_prefix: /, import_path: inferencesh_ray:build,\n"
+        f"     args: {{path: {APPS / 'slow_unload.py'}, data_dir: {tmp_path}}},\n"
+        "     deployments: [{name: slow-unload, ray_actor_options: {num_cpus: 0.1}},\n"
+        "                   {name: ingress, ray_actor_options: {num_cpus: 0.1}}]}\n"
+    )
+    events, log = tmp_path / "events.log", tmp_path / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inferencesh_ray.local_ray", sys.executable, "-m", "ray.serve.scripts", "run", str(config)],
+        cwd=ROOT, env=os.environ | {"INFSH_TEST_EVENTS": str(events)}, stdout=subprocess.DEVNULL,
+        stderr=log.open("w"), start_new_session=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _healthy(url), timeout=120)
+        inference(api_key="k", base_url=url).run({"app": "slow-unload", "input": {"text": "s"}, "setup": {"unload_s": 600},
+                                     "session": "new"})
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: events.exists() and "unload:start:600.0" in events.read_text(), timeout=60)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+        assert time.monotonic() - started < 15, time.monotonic() - started  # not the session release wait (30 s)
+    finally:
+        process.kill()
+    assert "stopping Ray now: apps still unloading are stopped with it" in log.read_text()
+    assert "unload:end" not in events.read_text()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=2)
+
+
 def _healthy(url: str) -> bool:
     try:
         return httpx.get(f"{url}/health", timeout=2).status_code == 200
