@@ -112,23 +112,24 @@ def create_api(
         }
         metadata = {"app_id": app.name, "app_version_id": app.version}
         call = Call(function, data, setup, metadata, FileScope(caller, files.base_url(request)))
-        key, backend = key_of(request.headers), dispatcher.backend(app.name)
-        if body.session is not None or body.session_timeout is not None:
-            if key is not None:
-                raise ApiProblem(400, "invalid_request", f"a session call cannot carry an {HEADER} yet; send it without one")
-            return envelope(await sessions.submit(dispatcher, caller, app, body.session, body.session_timeout, call,
-                                                  setup_key, fields, uuid.uuid4().hex))
-        if key is None:
-            return envelope(await dispatcher.submit(caller, backend, call, setup_key, fields, uuid.uuid4().hex))
-        task_id = task_id_for(caller, key)
+        key = key_of(request.headers)
+        task_id = uuid.uuid4().hex if key is None else task_id_for(caller, key)
+        keyed, in_session = key is not None, body.session is not None or body.session_timeout is not None
         try:
-            return envelope(await dispatcher.submit(caller, backend, call, setup_key, fields, task_id, exclusive=True))
+            if not in_session:
+                task = await dispatcher.submit(caller, dispatcher.backend(app.name), call, setup_key, fields, task_id,
+                                               exclusive=keyed)
+                return envelope(task)
+            if keyed:
+                await dispatcher.ensure_new(task_id, caller)  # a call sent again must not open or join its session again
+            return envelope(await sessions.submit(dispatcher, caller, app, body.session, body.session_timeout, call,
+                                                  setup_key, fields, task_id, exclusive=keyed))
         except TaskExists:
             task = await tasks.get(task_id, caller)
         if task is None:  # pruned in between: its retention ran out
             raise ApiProblem(409, "idempotency_key_reused", f"the task {HEADER} {key!r} named is no longer kept; "
                              "send the request with a new key")
-        check_same_request(task, fields, key)
+        check_same_request(task, fields, body.session, key or "")
         return envelope(task, headers={REPLAYED_HEADER: "true"})
 
     @api.post("/apps/run", summary="Run a function of an app; answers at once with the created task")

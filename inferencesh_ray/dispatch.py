@@ -19,7 +19,7 @@ import logging
 import uuid
 from collections import Counter
 from dataclasses import replace
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 from .events import Cancelled, Failed, TaskEvent
 from .host import Call
@@ -33,6 +33,8 @@ _log = logging.getLogger(__name__)
 
 # Runs one call of an app: (call, setup key) -> the app host's events.
 Backend = Callable[[Call, str], AsyncIterator[TaskEvent]]
+# Undoes what a caller prepared for an exclusive call that does not run (see `submit`).
+Abandon = Callable[[], Awaitable[None]]
 # Unfinished tasks of one app (its sessions' included) one dispatcher holds at most: each
 # waits in memory here and in Serve's router until a replica takes it, so a flood is
 # refused rather than held.
@@ -86,6 +88,7 @@ class Dispatcher:
         self._backends = backends
         self._running: dict[str, asyncio.Task] = {}
         self._created: dict[str, asyncio.Future] = {}  # each running task's record, as its create returns it
+        self._abandoning: set[asyncio.Future] = set()
         self._unfinished: Counter[Optional[str]] = Counter()  # by app
         self._max_unfinished = max_queued_tasks
         self._heartbeat_s = heartbeat_s
@@ -98,7 +101,7 @@ class Dispatcher:
 
     async def submit(
         self, owner: str, backend: Backend, call: Call, setup_key: str, fields: dict[str, Any],
-        task_id: Optional[str] = None, exclusive: bool = False,
+        task_id: Optional[str] = None, exclusive: bool = False, abandon: Optional[Abandon] = None,
     ) -> dict:
         """Create the task (QUEUED) and start it on `backend`; returns the task as created.
 
@@ -111,23 +114,27 @@ class Dispatcher:
         `max_queued_tasks` unfinished tasks, whichever backends run them.
 
         An `exclusive` submission (an Idempotency-Key's) runs only if it creates the record:
-        its backend is entered once the record is written, so it must need no cleanup, and
-        TaskExists is raised, nothing run, when `task_id` is recorded already or being
-        created here.
+        its backend is entered once the record is written, and TaskExists is raised, nothing
+        run, when `task_id` is recorded already or being created here.
+
+        `abandon` undoes what the caller prepared for the call (a session's admitted call)
+        when the backend will not be entered: the submission refused, or not created.
         """
         app = fields.get("app_id")
-        self.ensure_room(app)
         task_id = task_id or uuid.uuid4().hex
-        earlier = self._created.get(task_id) if exclusive else None
-        if earlier is not None and not _failed(earlier):
-            await asyncio.shield(earlier)  # what it raises is this request's answer too
-            raise TaskExists(f"task {task_id} is recorded already")
+        try:
+            self.ensure_room(app)
+            if exclusive:
+                await self._not_created_here(task_id)
+        except BaseException:
+            self._spawn(abandon)
+            raise
         self._ensure_heartbeat()
         call = replace(call, metadata={**call.metadata, "task_id": task_id, "session_id": fields.get("session_id")})
         created = self._created[task_id] = asyncio.ensure_future(self._create(owner, fields, task_id, exclusive))
         gate = created if exclusive else None
         drive = self._running[task_id] = asyncio.create_task(
-            self._drive(owner, task_id, backend, call, setup_key, created, gate))
+            self._drive(owner, task_id, backend, call, setup_key, created, gate, abandon))
         self._unfinished[app] += 1
         # A callback, not the drive's `finally`: it runs also for a drive cancelled before it started.
         drive.add_done_callback(lambda _: self._ended(task_id, app, drive))
@@ -138,6 +145,25 @@ class Dispatcher:
 
         created.add_done_callback(cancel_unless_recorded)
         return await asyncio.shield(created)
+
+    async def ensure_new(self, task_id: str, owner: str) -> None:
+        """Raise TaskExists when `task_id` is recorded or being created here: an exclusive call
+        into a session asks before it is admitted, which would open or join the session again."""
+        await self._not_created_here(task_id)
+        if await self.tasks.get(task_id, owner) is not None:
+            raise TaskExists(f"task {task_id} is recorded already")
+
+    async def _not_created_here(self, task_id: str) -> None:
+        earlier = self._created.get(task_id)
+        if earlier is not None and not _failed(earlier):
+            await asyncio.shield(earlier)  # what it raises is this request's answer too
+            raise TaskExists(f"task {task_id} is recorded already")
+
+    def _spawn(self, abandon: Optional[Abandon]) -> None:
+        if abandon is not None:
+            undoing = asyncio.ensure_future(abandon())
+            self._abandoning.add(undoing)
+            undoing.add_done_callback(self._abandoning.discard)
 
     def ensure_room(self, app: Optional[str]) -> None:
         """Raise Saturated when this dispatcher holds `max_queued_tasks` unfinished tasks of `app`."""
@@ -164,13 +190,15 @@ class Dispatcher:
 
     async def _drive(
         self, owner: str, task_id: str, backend: Backend, call: Call, setup_key: str, created: asyncio.Future,
-        gate: Optional[asyncio.Future],
+        gate: Optional[asyncio.Future], abandon: Optional[Abandon],
     ) -> None:
         events: asyncio.Queue[Optional[TaskEvent]] = asyncio.Queue()
         writer = asyncio.create_task(self._write(owner, task_id, events, created))
+        entered = gate is None
         try:
-            if gate is not None and not await _passes(gate):
+            if not entered and not await _passes(gate):
                 return
+            entered = True
             async for event in backend(call, setup_key):
                 events.put_nowait(event)
         except asyncio.CancelledError:
@@ -181,6 +209,8 @@ class Dispatcher:
             # Only the type: Ray's message names processes, addresses and nodes of the cluster.
             events.put_nowait(Failed(f"the replica running this task failed ({type(exc).__name__}); submit it again"))
         finally:
+            if not entered:
+                self._spawn(abandon)
             events.put_nowait(None)
             await asyncio.shield(writer)  # a cancel repeated meanwhile (the heartbeat's) must not stop the record
 

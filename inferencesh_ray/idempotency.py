@@ -41,9 +41,12 @@ def task_id_for(owner: str, key: str) -> str:
     return uuid.uuid5(_NAMESPACE, f"{owner}\n{key}").hex
 
 
-def check_same_request(task: dict[str, Any], fields: dict[str, Any], key: str) -> None:
-    """409 when the task `key` names was created by a different request."""
+def check_same_request(task: dict[str, Any], fields: dict[str, Any], session: Optional[str], key: str) -> None:
+    """409 when the task `key` names was created by a different request (`session` is the request's)."""
     differ = [name for name in _REQUEST_FIELDS if _plain(task.get(name)) != _plain(fields.get(name))]
+    ran_in = task.get("session_id")
+    if (session is None) != (ran_in is None) or session not in (None, "new", ran_in):
+        differ.append("session")
     if differ:
         raise ApiProblem(409, "idempotency_key_reused",
                          f"{HEADER} {key!r} was first sent with a different request (another "

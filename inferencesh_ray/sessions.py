@@ -179,11 +179,11 @@ class SessionRegistry:
             self._save(session)
         return session.view() if session else None
 
-    async def end(self, session_id: str, owner: str) -> Optional[dict[str, Any]]:
+    async def end(self, session_id: str, owner: str, reason: str = "ended by its client") -> Optional[dict[str, Any]]:
         """End a session (idempotent): its running call is cancelled, `unload` runs, the worker goes."""
         session = self._find(session_id, owner)
         if session is not None and session.status == ACTIVE:
-            await self._finish(session, ENDED, "ended by its client")
+            await self._finish(session, ENDED, reason)
         return session.view() if session else None
 
     async def lost(self, session_id: str, reason: str) -> None:

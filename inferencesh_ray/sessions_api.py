@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse
 
 from .catalog import AppInfo
-from .dispatch import Backend, Dispatcher, Saturated
+from .dispatch import Backend, Dispatcher
 from .events import Completed, Failed, TaskEvent
 from .host import Call
 from .problems import ApiProblem
@@ -54,26 +54,25 @@ class Sessions:
         self._releasing: set[asyncio.Task] = set()
 
     async def submit(self, dispatcher: Dispatcher, owner: str, app: AppInfo, session: Optional[str],
-                     timeout: Optional[int], call: Call, setup_key: str, fields: dict[str, Any], task_id: str) -> dict:
+                     timeout: Optional[int], call: Call, setup_key: str, fields: dict[str, Any], task_id: str,
+                     exclusive: bool = False) -> dict:
         """Admit a call into its session and start it on the session's worker; returns the task as created.
 
         A call into a session this ingress knows asks the registry while its task is being
         created (the task's fields are known already) and starts only once admitted. A
         refused one is answered with the refusal, as always, and its task, which nobody
-        was told of, ends FAILED with the same reason. Other calls are admitted first.
-        Past the app's `max_queued_tasks`, Saturated, before any session is opened or joined.
+        was told of, ends FAILED with the same reason. Other calls, and `exclusive` ones
+        (see `Dispatcher.submit`), are admitted first. Past the app's `max_queued_tasks`,
+        Saturated, before any session is opened or joined.
         """
         dispatcher.ensure_room(app.name)
-        known = self._known.get(session or "") if timeout is None else None
+        known = self._known.get(session or "") if timeout is None and not exclusive else None
         if known is None or known[:2] != (owner, app.name):
             admitted = await self.admit(owner, app, session, timeout, task_id)
             fields = {**fields, "session_id": admitted.session_id, "session_timeout": admitted.idle_timeout}
-            try:
-                # The backend ends the call in the registry, whatever happens to the task's record.
-                return await dispatcher.submit(owner, admitted.backend, call, setup_key, fields, task_id)
-            except Saturated:  # filled while it was admitted: its backend never ran to end the call
-                await self.registry.end_call(admitted.session_id, False)
-                raise
+            # Once entered, the backend ends the call in the registry, whatever happens to the task's record.
+            return await dispatcher.submit(owner, admitted.backend, call, setup_key, fields, task_id, exclusive,
+                                           abandon=lambda: self._abandon(admitted.session_id, owner, session == "new"))
         admission = asyncio.ensure_future(self.admit(owner, app, session, None, task_id))
         fields = {**fields, "session_id": session, "session_timeout": known[2]}
         # Nothing awaited since `ensure_room`, so this submit is not refused for room.
@@ -111,6 +110,12 @@ class Sessions:
         if len(self._known) > _KNOWN_SESSIONS:
             self._known.popitem(last=False)
         return Admitted(session, view["idle_timeout"], self._backend(session))
+
+    async def _abandon(self, session_id: str, owner: str, opened: bool) -> None:
+        """Undo an admission whose call will not run: its call ends, and a session opened for it alone ends too."""
+        await self.registry.end_call(session_id, False)
+        if opened:
+            await self.registry.end(session_id, owner, "the call that opened it did not run")
 
     def _once_admitted(self, admission: asyncio.Future) -> Backend:
         """The session's backend, once `admission` comes back; a refused call fails with the refusal's reason."""

@@ -226,7 +226,8 @@ def test_a_call_refused_for_room_once_admitted_does_not_pin_its_session_open(app
 
     refused, sessions = scenario(apps, tmp_path, body, max_queued_tasks=1)
     assert refused.status_code == 429
-    assert [view["status"] for view in sessions] == ["expired"]  # the call that never ran did not hold it open
+    # opened for the call that never ran, it ended at once (it used to hold its worker until it expired)
+    assert [(view["status"], view["reason"]) for view in sessions] == [("ended", "the call that opened it did not run")]
 
 
 def test_a_lost_worker_ends_its_session_and_fails_the_call(apps, tmp_path, lifecycle):
@@ -261,6 +262,70 @@ def test_a_call_that_cannot_be_recorded_does_not_pin_its_session_open(apps, tmp_
     failed, info = scenario(apps, tmp_path, body)
     assert failed.status_code == 503 and failed.json()["type"] == "/errors/unavailable"
     assert info["status"] == "expired"  # the call that never ran did not hold it open
+
+
+def test_a_session_call_sent_again_with_its_key_opens_or_joins_nothing_again(apps, tmp_path, lifecycle):
+    async def body(client):
+        def keyed(key, text, session, **extra):
+            return client.post("/apps/run", json={"app": "memory-app", "input": {"text": text, **extra},
+                                                  "session": session}, headers={**A, "Idempotency-Key": key})
+
+        opened, together = await asyncio.gather(keyed("open", "first", "new"), keyed("open", "first", "new"))
+        task = opened.json()["data"]
+        session = task["session_id"]
+        assert together.json()["data"]["id"] == task["id"] and together.json()["data"]["session_id"] == session
+        first = await wait_terminal(client, task["id"], A)
+        later = await keyed("open", "first", "new")
+        assert later.headers["idempotent-replayed"] == "true" and later.json()["data"]["status"] == TaskStatus.COMPLETED
+        second = (await keyed("turn-2", "second", session)).json()["data"]
+        again = await keyed("turn-2", "second", session)
+        assert again.json()["data"]["id"] == second["id"] and again.headers["idempotent-replayed"] == "true"
+        await wait_terminal(client, second["id"], A)
+        elsewhere = await keyed("turn-2", "second", "another-session")
+        plain = await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "second"}},
+                                  headers={**A, "Idempotency-Key": "turn-2"})
+        third = await result(client, "third", session)
+        sessions = (await client.get("/sessions", headers=A)).json()["data"]
+        return first, third, elsewhere, plain, sessions
+
+    first, third, elsewhere, plain, sessions = scenario(apps, tmp_path, body)
+    assert first["output"]["history"] == ["first"]
+    assert third["output"]["history"] == ["first", "second", "third"]  # each turn once
+    assert elsewhere.status_code == plain.status_code == 409 and "(another session)" in plain.json()["detail"]
+    assert [(view["status"], view["call_count"]) for view in sessions] == [("active", 3)]
+    assert lifecycle.count("setup:" + third["output"]["instance"]) == 1 and len(
+        [event for event in lifecycle if event.startswith("setup:")]) == 1  # no second session was opened
+
+
+def test_a_session_opened_for_a_keyed_call_that_lost_its_race_ends(apps, tmp_path, lifecycle, monkeypatch):
+    """Two calls with one key and `session: "new"` both admitted (another ingress created the task
+    first, say): the one whose task already exists ends the session it opened."""
+    from inferencesh_ray.dispatch import Dispatcher
+
+    async def body(client):
+        ensure_new = Dispatcher.ensure_new
+
+        async def let_both_in(self, task_id, owner):
+            await asyncio.sleep(0)  # neither sees the other before it is admitted
+
+        monkeypatch.setattr(Dispatcher, "ensure_new", let_both_in)
+        both = await asyncio.gather(*[client.post("/apps/run", json={"app": "memory-app", "input": {"text": "t"},
+                                                                     "session": "new"},
+                                                  headers={**A, "Idempotency-Key": "race"}) for _ in range(2)])
+        monkeypatch.setattr(Dispatcher, "ensure_new", ensure_new)
+        tasks = [response.json()["data"] for response in both]
+        await wait_terminal(client, tasks[0]["id"], A)
+        for _ in range(100):
+            views = (await client.get("/sessions", headers=A)).json()["data"]
+            if sorted(view["status"] for view in views) == ["active", "ended"]:
+                return tasks, views
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"the loser's session was not ended: {views}")
+
+    tasks, views = scenario(apps, tmp_path, body)
+    assert tasks[0]["id"] == tasks[1]["id"]
+    active = [view["id"] for view in views if view["status"] == "active"]
+    assert active == [tasks[0]["session_id"]] == [tasks[1]["session_id"]]
 
 
 def test_a_call_into_a_known_session_is_admitted_while_its_task_is_created(apps, tmp_path, lifecycle, monkeypatch):

@@ -176,13 +176,13 @@ class AsyncTasks:
     ) -> Union[dict[str, Any], AsyncTaskStream]:
         """As `Tasks.run`: the completed task, the created task (`wait=False`) or an AsyncTaskStream (`stream=True`)."""
         options = StreamOptions(auto_reconnect, max_reconnects, reconnect_delay_ms, timeout)
-        key = idempotency_headers(params, idempotency_key)
+        key = idempotency_headers(idempotency_key)
         files = InputFiles(params.get("input"))
         if files.pending:  # only then is the schema worth a request: which of them are in file fields?
             files = InputFiles(params.get("input"), await self._input_schema(params))
         uris = {pending: (await self._files.upload(pending.source, pending.options))["uri"] for pending in files.pending}
         task = task_of(await self._connection.request("POST", "/apps/run", json=run_body(params, files, uris),
-                                      headers=key, resend=bool(key)))
+                                      headers=key, resend=True))
         if stream:
             return AsyncTaskStream(self._connection, task["id"], options)
         if not wait:

@@ -42,11 +42,8 @@ def file_url_request(
     return request
 
 
-def idempotency_headers(params: dict[str, Any], key: Optional[str]) -> Optional[dict[str, str]]:
-    """The run's Idempotency-Key: `key`, else a new one, so the run can be sent again safely.
-    A session call gets none unless given one (the server refuses that, saying why)."""
-    if key is None and (params.get("session") is not None or params.get("session_timeout") is not None):
-        return None
+def idempotency_headers(key: Optional[str]) -> dict[str, str]:
+    """The run's Idempotency-Key: `key`, else a new one, so the run can be sent again safely."""
     return {"Idempotency-Key": key or uuid.uuid4().hex}
 
 

@@ -208,19 +208,19 @@ class Tasks:
         (`wait=True`), the created task (`wait=False`) or a TaskStream (`stream=True`).
         `timeout` bounds the wait in seconds (WaitTimeout); the task keeps running after it.
 
-        The request carries an Idempotency-Key (`idempotency_key`, else a new one; a session
-        call carries none), so when it goes unanswered (a dropped connection, a 502/503/504)
-        it is sent again, up to `max_retries` times, and the task still runs once. Pass your
-        own key to make a run you send again later (after a crash, say) the same run.
+        The request carries an Idempotency-Key (`idempotency_key`, else a new one), so when
+        it goes unanswered (a dropped connection, a timeout, a 502/503/504) it is sent again,
+        up to `max_retries` times, and the task still runs once. Pass your own key to make a
+        run you send again later (after a crash, say) the same run.
         """
         options = StreamOptions(auto_reconnect, max_reconnects, reconnect_delay_ms, timeout)
-        key = idempotency_headers(params, idempotency_key)
+        key = idempotency_headers(idempotency_key)
         files = InputFiles(params.get("input"))
         if files.pending:  # only then is the schema worth a request: which of them are in file fields?
             files = InputFiles(params.get("input"), self._input_schema(params))
         uris = {pending: self._files.upload(pending.source, pending.options)["uri"] for pending in files.pending}
         task = task_of(self._connection.request("POST", "/apps/run", json=run_body(params, files, uris),
-                                      headers=key, resend=bool(key)))
+                                      headers=key, resend=True))
         if stream:
             return TaskStream(self._connection, task["id"], options)
         if not wait:
