@@ -20,12 +20,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .auth import Auth
-from .catalog import AppCatalog
+from .catalog import AppCatalog, AppInfo
 from .dispatch import Dispatcher, Saturated
 from .file_access import FileScope
 from .files_api import files_router
 from .host import Call
-from .idempotency import HEADER, REPLAYED_HEADER, check_same_request, key_of, task_id_for
+from .idempotency import HEADER, REPLAYED_HEADER, OneAtATime, check_same_request, key_of, task_id_for
 from .json_codec import dumps, dumps_ascii
 from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
@@ -88,6 +88,7 @@ def create_api(
         version="0.1.0",
     )
     tasks = dispatcher.tasks
+    keyed_session_calls = OneAtATime()
     _install_error_handlers(api)
 
     # async: FastAPI runs a sync dependency in a worker thread, a thread hop on every request.
@@ -113,24 +114,38 @@ def create_api(
         metadata = {"app_id": app.name, "app_version_id": app.version}
         call = Call(function, data, setup, metadata, FileScope(caller, files.base_url(request)))
         key = key_of(request.headers)
-        task_id = uuid.uuid4().hex if key is None else task_id_for(caller, key)
-        keyed, in_session = key is not None, body.session is not None or body.session_timeout is not None
+        if key is None:
+            return envelope(await submit(app, body, call, setup_key, fields, uuid.uuid4().hex, caller, keyed=False))
+        task_id = task_id_for(caller, key)
         try:
-            if not in_session:
-                task = await dispatcher.submit(caller, dispatcher.backend(app.name), call, setup_key, fields, task_id,
-                                               exclusive=keyed)
-                return envelope(task)
-            if keyed:
-                await dispatcher.ensure_new(task_id, caller)  # a call sent again must not open or join its session again
-            return envelope(await sessions.submit(dispatcher, caller, app, body.session, body.session_timeout, call,
-                                                  setup_key, fields, task_id, exclusive=keyed))
+            return envelope(await submit(app, body, call, setup_key, fields, task_id, caller, keyed=True))
         except TaskExists:
-            task = await tasks.get(task_id, caller)
+            pass
+        except Saturated:  # sent again while its app is full: its task is the answer, if it has one
+            if await tasks.get(task_id, caller) is None:
+                raise
+        task = await tasks.get(task_id, caller)
         if task is None:  # pruned in between: its retention ran out
             raise ApiProblem(409, "idempotency_key_reused", f"the task {HEADER} {key!r} named is no longer kept; "
                              "send the request with a new key")
-        check_same_request(task, fields, body.session, key or "")
+        schema = app.functions[function]["input_schema"]
+        first = {**task, "input": await files.identities(schema, task.get("input"), caller)}
+        check_same_request(first, {**fields, "input": await files.identities(schema, data, caller)}, body.session, key)
         return envelope(task, headers={REPLAYED_HEADER: "true"})
+
+    async def submit(app: AppInfo, body: RunRequest, call: Call, setup_key: str, fields: dict[str, Any], task_id: str,
+                     caller: str, keyed: bool) -> dict:
+        if body.session is None and body.session_timeout is None:
+            return await dispatcher.submit(caller, dispatcher.backend(app.name), call, setup_key, fields, task_id,
+                                           exclusive=keyed)
+        if not keyed:
+            return await sessions.submit(dispatcher, caller, app, body.session, body.session_timeout, call, setup_key,
+                                         fields, task_id)
+        # Sent again, the call must not open or join its session again: one at a time here, and only if new.
+        async with keyed_session_calls.hold(task_id):
+            await dispatcher.ensure_new(task_id, caller)
+            return await sessions.submit(dispatcher, caller, app, body.session, body.session_timeout, call, setup_key,
+                                         fields, task_id, exclusive=True)
 
     @api.post("/apps/run", summary="Run a function of an app; answers at once with the created task")
     async def run_app(body: RunRequest, request: Request, caller: str = Depends(owner)) -> JSONResponse:
@@ -215,9 +230,9 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(StoreUnavailable)
     async def unrecorded(request: Request, exc: StoreUnavailable) -> Response:
-        _log.warning("a task could not be recorded: %s", exc)
-        return ApiProblem(503, "unavailable", "the task store could not record this task; send the request again "
-                          f"in a moment (with an {HEADER}, the same one: it runs at most once)",
+        _log.warning("the task store could not take a request: %s", exc)
+        return ApiProblem(503, "unavailable", "the task store could not take this request; send it again in a moment "
+                          f"(a run with an {HEADER}, with the same key: it runs at most once)",
                           headers={"retry-after": "1"}).response()
 
     @api.exception_handler(RequestValidationError)

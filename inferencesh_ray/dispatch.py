@@ -88,7 +88,7 @@ class Dispatcher:
         self._backends = backends
         self._running: dict[str, asyncio.Task] = {}
         self._created: dict[str, asyncio.Future] = {}  # each running task's record, as its create returns it
-        self._abandoning: set[asyncio.Future] = set()
+        self._background: set[asyncio.Future] = set()  # abandons and withdrawals under way
         self._unfinished: Counter[Optional[str]] = Counter()  # by app
         self._max_unfinished = max_queued_tasks
         self._heartbeat_s = heartbeat_s
@@ -106,7 +106,8 @@ class Dispatcher:
         """Create the task (QUEUED) and start it on `backend`; returns the task as created.
 
         The call starts while the task's record is written, off the task's path; its events
-        wait for the record. A record that cannot be written cancels the call and raises.
+        wait for the record. A record that cannot be written cancels the call and raises;
+        if the store took it after all (its answer lost), it is withdrawn: ended FAILED.
         Either way the backend is entered (the loop runs its tasks in the order they were
         made: the call's before the one that would see the record fail), so a backend's
         own cleanup, such as ending a session's call, always runs and callers do none.
@@ -127,11 +128,12 @@ class Dispatcher:
             if exclusive:
                 await self._not_created_here(task_id)
         except BaseException:
-            self._spawn(abandon)
+            self._in_background(abandon)
             raise
         self._ensure_heartbeat()
         call = replace(call, metadata={**call.metadata, "task_id": task_id, "session_id": fields.get("session_id")})
-        created = self._created[task_id] = asyncio.ensure_future(self._create(owner, fields, task_id, exclusive))
+        attempt = uuid.uuid4().hex
+        created = self._created[task_id] = asyncio.ensure_future(self._create(owner, fields, task_id, attempt))
         gate = created if exclusive else None
         drive = self._running[task_id] = asyncio.create_task(
             self._drive(owner, task_id, backend, call, setup_key, created, gate, abandon))
@@ -142,6 +144,8 @@ class Dispatcher:
         def cancel_unless_recorded(done: asyncio.Future) -> None:  # also when nobody awaits `submit` any more
             if _failed(done):
                 drive.cancel()
+            if not done.cancelled() and isinstance(done.exception(), StoreUnavailable):
+                self._in_background(lambda: self._until_taken(lambda: self._writes.withdraw(task_id, attempt), task_id))
 
         created.add_done_callback(cancel_unless_recorded)
         return await asyncio.shield(created)
@@ -159,11 +163,18 @@ class Dispatcher:
             await asyncio.shield(earlier)  # what it raises is this request's answer too
             raise TaskExists(f"task {task_id} is recorded already")
 
-    def _spawn(self, abandon: Optional[Abandon]) -> None:
-        if abandon is not None:
-            undoing = asyncio.ensure_future(abandon())
-            self._abandoning.add(undoing)
-            undoing.add_done_callback(self._abandoning.discard)
+    def _in_background(self, work: Optional[Callable[[], Awaitable[Any]]]) -> None:
+        if work is None:
+            return
+        running = asyncio.ensure_future(work())
+        self._background.add(running)
+
+        def done(future: asyncio.Future) -> None:
+            self._background.discard(future)
+            if not future.cancelled() and future.exception() is not None:
+                _log.warning("cleaning up after a task that did not run failed: %s", describe(future.exception()))
+
+        running.add_done_callback(done)
 
     def ensure_room(self, app: Optional[str]) -> None:
         """Raise Saturated when this dispatcher holds `max_queued_tasks` unfinished tasks of `app`."""
@@ -171,8 +182,8 @@ class Dispatcher:
             raise Saturated(f"this server holds {self._max_unfinished} unfinished tasks of this app, its limit "
                             "(max_queued_tasks); retry in a moment")
 
-    async def _create(self, owner: str, fields: dict[str, Any], task_id: str, exclusive: bool) -> dict:
-        task = await self._writes.create(owner, fields, self.id, task_id, exclusive)
+    async def _create(self, owner: str, fields: dict[str, Any], task_id: str, attempt: str) -> dict:
+        task = await self._writes.create(owner, fields, self.id, task_id, attempt)
         self.tasks.put(owner, task)
         return task
 
@@ -210,7 +221,7 @@ class Dispatcher:
             events.put_nowait(Failed(f"the replica running this task failed ({type(exc).__name__}); submit it again"))
         finally:
             if not entered:
-                self._spawn(abandon)
+                self._in_background(abandon)
             events.put_nowait(None)
             await asyncio.shield(writer)  # a cancel repeated meanwhile (the heartbeat's) must not stop the record
 
@@ -252,16 +263,20 @@ class Dispatcher:
             _log.warning("task %s: its failure could not be recorded either: %s", task_id, describe(exc))
 
     async def _apply(self, task_id: str, events: list[TaskEvent]) -> Optional[dict]:
-        """The store's apply, sent again while the store cannot take it; raises what the store refused.
+        """The store's apply, sent again while the store cannot take it; raises what the store refused."""
+        return await self._until_taken(lambda: self._writes.apply(task_id, events), task_id)
 
-        Not bounded by time: the task keeps its place in the queue meanwhile (so a long outage
+    async def _until_taken(self, write: Callable[[], Awaitable[Any]], task_id: str) -> Any:
+        """`write()`, sent again while the store cannot take it; raises what the store refused.
+
+        Not bounded by time: a task keeps its place in the queue meanwhile (so a long outage
         ends in 429s, not in lost results), and the heartbeat keeps its lease. Once this
         dispatcher closes it stops, and the lease, no longer renewed, ends the task.
         """
         wait = RETRY_FIRST_S
         while True:
             try:
-                return await self._writes.apply(task_id, events)
+                return await write()
             except StoreUnavailable as exc:
                 if self._closing:
                     raise

@@ -9,9 +9,11 @@ request again finds the task in the task store, for as long as the store keeps i
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
-from typing import Any, Mapping, Optional
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Mapping, Optional
 
 from .json_codec import dumps, loads
 from .problems import ApiProblem
@@ -42,13 +44,14 @@ def task_id_for(owner: str, key: str) -> str:
 
 
 def check_same_request(task: dict[str, Any], fields: dict[str, Any], session: Optional[str], key: str) -> None:
-    """409 when the task `key` names was created by a different request (`session` is the request's)."""
+    """422 (as the IETF draft has it) when the task `key` names was created by a different request
+    (`session` is the request's; file inputs compare by what the files are, see ServerFiles.identities)."""
     differ = [name for name in _REQUEST_FIELDS if _plain(task.get(name)) != _plain(fields.get(name))]
     ran_in = task.get("session_id")
     if (session is None) != (ran_in is None) or session not in (None, "new", ran_in):
         differ.append("session")
     if differ:
-        raise ApiProblem(409, "idempotency_key_reused",
+        raise ApiProblem(422, "idempotency_key_reused",
                          f"{HEADER} {key!r} was first sent with a different request (another "
                          f"{' and '.join(differ)}), which created task {task['id']}; send a new request with a new key",
                          task_id=task["id"])
@@ -57,3 +60,24 @@ def check_same_request(task: dict[str, Any], fields: dict[str, Any], session: Op
 def _plain(value: Any) -> Any:
     """As JSON reads it back: the stored task went through JSON (or pickling), the request not yet."""
     return loads(dumps(value))
+
+
+class OneAtATime:
+    """Locks by key, each kept only while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

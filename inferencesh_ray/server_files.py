@@ -30,6 +30,7 @@ import httpx
 from .errors import FieldError
 from .file_access import DataUri, FileFetchError, FileScope, as_file_dict, describe_local, parse_data_uri, write_data_uri
 from .file_fields import file_slots
+from .json_codec import dumps, loads
 from .signing import UrlSigner
 from .storage import FileStore, StoredFile, safe_filename
 
@@ -124,6 +125,20 @@ class ServerFiles:
             except FileFetchError as exc:
                 errors.append(FieldError(slot.loc, str(exc)))
         return errors
+
+    async def identities(self, schema: dict, data: Any, owner: str) -> Any:
+        """A copy of an input with each stored file in it replaced by what the file is (name, type,
+        size): a run sent again uploads its files again, under new URIs."""
+        copy = loads(dumps(data))
+        for slot in file_slots(schema, copy):
+            try:
+                source = await asyncio.to_thread(self.resolve, slot.value, owner)
+            except FileFetchError:
+                continue
+            if source.kind == "stored":
+                stored = source.file
+                slot.set({"filename": stored.filename, "content_type": stored.content_type, "size": stored.size})
+        return copy
 
     async def fetch(self, value: Any, workdir: Path, scope: Optional[FileScope] = None) -> dict[str, Any]:
         if scope is None:

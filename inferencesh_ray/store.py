@@ -35,7 +35,7 @@ STREAM_LOG_LINES = 50
 # Every write rewrites the task's document: a task printing a line at a time for an hour
 # would make each write, and the store serving every task, slower and slower.
 MAX_LOG_LINES = 1000
-_WRITES = ("create", "apply", "cancel")
+_WRITES = ("create", "apply", "cancel", "withdraw")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -63,6 +63,7 @@ class _Live:
     task: dict[str, Any]
     owner: str
     dispatcher: Optional[str]
+    attempt: Optional[str] = None  # the create that made it (see `create`)
     version: int = 0
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -79,6 +80,8 @@ class TaskStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        if "attempt" not in {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}:
+            self._db.execute("ALTER TABLE tasks ADD COLUMN attempt TEXT")  # a database from before it
         self._live: dict[str, _Live] = {}
         self._leases: dict[str, float] = {}
         self._cancels: dict[str, set[str]] = {}
@@ -90,9 +93,10 @@ class TaskStore:
         self._reaper: Optional[asyncio.Task] = None
         # Tasks still open from before a restart stay live: their dispatcher may still be
         # running them and will renew its lease; if not, the reaper ends them.
-        for owner, dispatcher, body in self._db.execute("SELECT owner, dispatcher, body FROM tasks WHERE status < 10"):
+        for owner, dispatcher, attempt, body in self._db.execute(
+                "SELECT owner, dispatcher, attempt, body FROM tasks WHERE status < 10"):
             task = loads(body)
-            self._live[task["id"]] = _Live(task, owner, dispatcher)
+            self._live[task["id"]] = _Live(task, owner, dispatcher, attempt)
 
     def configure(self, *, retention_s: float, lease_s: float) -> None:
         """Take a deploy's settings. On Ray the store outlives deploys (found by name, not made
@@ -103,16 +107,15 @@ class TaskStore:
 
     async def create(
         self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None, task_id: Optional[str] = None,
-        exclusive: bool = False,
+        attempt: Optional[str] = None,
     ) -> dict[str, Any]:
         """Record a new task, QUEUED, and return it.
 
-        An `exclusive` create raises TaskExists when `task_id` is recorded already, unless it is
-        the same dispatcher's and still QUEUED: its own create sent again (Ray repeats an actor
-        call cut off by a restart), or one whose answer it lost, which it now runs.
+        An id names one task: TaskExists when `task_id` is recorded already, unless by this
+        same `attempt` (the create sent again: Ray repeats an actor call a restart cut off).
         """
         with self._transaction():
-            return self._create(owner, fields, dispatcher, task_id, exclusive)
+            return self._create(owner, fields, dispatcher, task_id, attempt)
 
     async def get(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
         """The task, or None when it does not exist or belongs to another key."""
@@ -155,6 +158,12 @@ class TaskStore:
         past stopping and finishes; it, and a finished one, are returned as they are."""
         with self._transaction():
             return self._cancel(task_id, owner)
+
+    async def withdraw(self, task_id: str, attempt: str) -> None:
+        """End FAILED the task `attempt` created, if it did: its dispatcher lost the create's answer,
+        refused the task, and never ran it; left QUEUED, it would wait forever."""
+        with self._transaction():
+            self._withdraw(task_id, attempt)
 
     async def heartbeat(self, dispatcher: str) -> list[str]:
         """Renew a dispatcher's lease; returns the ids of its tasks to cancel."""
@@ -201,15 +210,14 @@ class TaskStore:
 
     def _create(
         self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None, task_id: Optional[str] = None,
-        exclusive: bool = False,
+        attempt: Optional[str] = None,
     ) -> dict[str, Any]:
-        if exclusive and task_id is not None:
-            recorded = self._recorded(task_id)
-            if recorded is not None:
-                task, by = recorded
-                if by == dispatcher and task["status"] == TaskStatus.QUEUED:
-                    return task
-                raise TaskExists(f"task {task_id} is recorded already")
+        recorded = self._recorded(task_id) if task_id is not None else None
+        if recorded is not None:
+            task, made_by = recorded
+            if attempt is not None and made_by == attempt:
+                return task
+            raise TaskExists(f"task {task_id} is recorded already")
         stamp = time.time()
         task = {
             "id": task_id or uuid.uuid4().hex,
@@ -223,17 +231,17 @@ class TaskStore:
             **fields,
             "events": [_status_event(TaskStatus.RECEIVED, stamp), _status_event(TaskStatus.QUEUED, stamp)],
         }
-        self._save(task, owner, dispatcher)
-        live = self._live[task["id"]] = _Live(task, owner, dispatcher)
+        self._save(task, owner, dispatcher, attempt)
+        live = self._live[task["id"]] = _Live(task, owner, dispatcher, attempt)
         self._changes.append((live, None))
         return task
 
     def _recorded(self, task_id: str) -> Optional[tuple[dict[str, Any], Optional[str]]]:
-        """(task, its dispatcher) of any owner, or None."""
+        """(task, the attempt that created it) of any owner, or None."""
         live = self._live.get(task_id)
         if live is not None:
-            return live.task, live.dispatcher
-        row = self._db.execute("SELECT body, dispatcher FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return live.task, live.attempt
+        row = self._db.execute("SELECT body, attempt FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return (loads(row[0]), row[1]) if row else None
 
     def _get(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
@@ -251,6 +259,12 @@ class TaskStore:
             return loads(row[0]) if row else None
         self._change(live, events)
         return live.task
+
+    def _withdraw(self, task_id: str, attempt: str) -> None:
+        live = self._live.get(task_id)
+        if live is not None and live.attempt == attempt:
+            self._change(live, [Failed("the server could not confirm this task was recorded, so it did not run; "
+                                       "submit it again (with a new Idempotency-Key)")])
 
     def _cancel(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
         live = self._live.get(task_id)
@@ -275,7 +289,7 @@ class TaskStore:
     def _commit(self, live: _Live, task: dict[str, Any]) -> None:
         """Make `task`, a changed draft of the live one, the live one once SQLite has taken it."""
         task["updated_at"] = now_iso()
-        self._save(task, live.owner, live.dispatcher)
+        self._save(task, live.owner, live.dispatcher, live.attempt)
         self._changes.append((live, live.task))
         live.task = task
 
@@ -317,12 +331,12 @@ class TaskStore:
                 # Waiters hold their own reference; later reads come from disk.
                 self._live.pop(live.task["id"], None)
 
-    def _save(self, task: dict[str, Any], owner: str, dispatcher: Optional[str]) -> None:
+    def _save(self, task: dict[str, Any], owner: str, dispatcher: Optional[str], attempt: Optional[str]) -> None:
         stamp = time.time()
         self._db.execute(
-            "INSERT INTO tasks (id, owner, status, created, updated, dispatcher, body) VALUES (?,?,?,?,?,?,?) "
+            "INSERT INTO tasks (id, owner, status, created, updated, dispatcher, attempt, body) VALUES (?,?,?,?,?,?,?,?) "
             "ON CONFLICT(id) DO UPDATE SET status = excluded.status, updated = excluded.updated, body = excluded.body",
-            (task["id"], owner, task["status"], stamp, stamp, dispatcher, dumps(task).decode()),
+            (task["id"], owner, task["status"], stamp, stamp, dispatcher, attempt, dumps(task).decode()),
         )
 
 

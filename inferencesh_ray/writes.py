@@ -35,6 +35,9 @@ class StoreWrites:
     async def cancel(self, *args: Any) -> Optional[dict]:
         return await self._write("cancel", args)
 
+    async def withdraw(self, *args: Any) -> None:
+        return await self._write("withdraw", args)
+
     async def _write(self, op: str, args: tuple) -> Any:
         done = asyncio.get_running_loop().create_future()
         self._pending.append((op, args, done))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
 import pytest
-from helpers import run_api, wait_terminal
+from helpers import make_server, run_api, wait_terminal
 
 from inferencesh_ray.auth import Auth
 from inferencesh_ray.status import TaskStatus
@@ -248,7 +249,7 @@ def test_a_task_that_cannot_be_recorded_is_refused_and_its_call_cancelled(apps, 
     lifecycle.EVENTS.clear()
     refused, after = scenario(apps, tmp_path, body)
     assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
-    assert refused.json()["type"] == "/errors/unavailable" and "send the request again" in refused.json()["detail"]
+    assert refused.json()["type"] == "/errors/unavailable" and "send it again in a moment" in refused.json()["detail"]
     assert "slow:start:z" in lifecycle.EVENTS and "slow:cancelled:z" in lifecycle.EVENTS
     assert after["status"] == TaskStatus.COMPLETED
 
@@ -291,12 +292,12 @@ def test_an_idempotency_key_names_one_request_of_one_caller(apps, tmp_path):
         assert mine["id"] != theirs["id"]
         reused = await client.post("/apps/run", json={"app": "counting", "input": {"text": "y"}, "setup": {"mode": "b"}},
                                    headers={**alice, "Idempotency-Key": "k"})
-        assert reused.status_code == 409, reused.text
+        assert reused.status_code == 422, reused.text
         problem = reused.json()
         assert problem["type"] == "/errors/idempotency_key_reused" and problem["task_id"] == mine["id"]
         assert "(another input and setup)" in problem["detail"]
         in_session = await client.post("/apps/run", json={**run, "session": "new"}, headers={**alice, "Idempotency-Key": "k"})
-        assert in_session.status_code == 409 and "(another session)" in in_session.json()["detail"]
+        assert in_session.status_code == 422 and "(another session)" in in_session.json()["detail"]
         for bad in ("x" * 256, "tab\there"):
             refused = await client.post("/apps/run", json=run, headers={**alice, "Idempotency-Key": bad})
             assert refused.status_code == 400 and "1-255 printable ASCII" in refused.json()["detail"]
@@ -323,6 +324,86 @@ def test_a_keyed_run_whose_record_failed_can_be_sent_again_with_its_key(apps, tm
         return refused, taken, await wait_terminal(client, taken.json()["data"]["id"])
 
     refused, taken, done = scenario(apps, tmp_path, body)
-    assert refused.status_code == 503 and "with an Idempotency-Key, the same one" in refused.json()["detail"]
+    assert refused.status_code == 503 and "with the same key: it runs at most once" in refused.json()["detail"]
     assert taken.status_code == 200 and "idempotent-replayed" not in taken.headers
     assert done["status"] == TaskStatus.COMPLETED and done["output"]["text"] == "r"
+
+
+def lose_the_first_create_answer(store):
+    """The store commits the first create, then its answer is lost (on Ray: the actor died after committing)."""
+    write, lost = store.write, []
+
+    async def committed_then_lost(ops):
+        results = await write(ops)
+        if not lost and any(op == "create" for op, _ in ops):
+            lost.append(ops)
+            raise RuntimeError("the task store died after committing")
+        return results
+
+    store.write = committed_then_lost
+
+
+def test_a_task_recorded_though_its_create_answer_was_lost_ends_failed_not_queued(apps, tmp_path):
+    """It used to stay QUEUED for as long as its ingress lived, and a replay handed that task back
+    (or ran another request's call under it)."""
+    async def body(client):
+        lose_the_first_create_answer(client.store)
+        run = {"app": "counting", "input": {"text": "x"}}
+        refused = await client.post("/apps/run", json=run, headers={"Idempotency-Key": "k"})
+        replayed = await client.post("/apps/run", json=run, headers={"Idempotency-Key": "k"})
+        other = await client.post("/apps/run", json={**run, "input": {"text": "y"}}, headers={"Idempotency-Key": "k"})
+        return refused, replayed, other, await wait_terminal(client, replayed.json()["data"]["id"])
+
+    refused, replayed, other, task = scenario(apps, tmp_path, body)
+    assert refused.status_code == 503 and replayed.headers["idempotent-replayed"] == "true"
+    assert task["status"] == TaskStatus.FAILED and "could not confirm this task was recorded" in task["error"]
+    assert other.status_code == 422 and "(another input)" in other.json()["detail"]
+
+
+def test_keyed_runs_at_two_ingresses_sharing_one_store_run_once(apps, tmp_path, monkeypatch):
+    import lifecycle
+
+    import inferencesh_ray.store as store_module
+
+    shared = store_module.TaskStore(str(tmp_path / "shared.sqlite3"))
+    monkeypatch.setattr(store_module, "TaskStore", lambda *args, **kwargs: shared)
+    monkeypatch.syspath_prepend(str(apps))
+
+    async def main():
+        servers = [make_server(apps / "counting.py", tmp_path / name) for name in ("one", "two")]
+        one, two = [httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app, client=("127.0.0.1", 5000)),
+                                      base_url="http://test") for server in servers]
+        try:
+            slow = {"app": "counting:slow", "input": {"text": "twice"}}
+            both = await asyncio.gather(*[client.post("/apps/run", json=slow, headers={"Idempotency-Key": "k"})
+                                          for client in (one, two)])
+            ids = {response.json()["data"]["id"] for response in both}
+            await one.post(f"/tasks/{ids.pop() if len(ids) == 1 else None}/cancel")
+            lose_the_first_create_answer(shared)
+            run = {"app": "counting", "input": {"text": "lost"}}
+            refused = await one.post("/apps/run", json=run, headers={"Idempotency-Key": "lost"})
+            replayed = await two.post("/apps/run", json=run, headers={"Idempotency-Key": "lost"})
+            return both, ids, refused, await wait_terminal(two, replayed.json()["data"]["id"])
+        finally:
+            for server in servers:
+                await server.dispatcher.close()
+
+    lifecycle.EVENTS.clear()
+    both, ids, refused, lost = asyncio.run(main())
+    assert [response.status_code for response in both] == [200, 200] and not ids  # one task, both answered with it
+    assert lifecycle.EVENTS.count("slow:start:twice") == 1
+    assert refused.status_code == 503 and lost["status"] == TaskStatus.FAILED  # not QUEUED while ingress one lives
+
+
+def test_a_run_sent_again_while_its_app_is_full_gets_its_task_not_429(apps, tmp_path):
+    async def body(client):
+        slow = {"app": "counting:slow", "input": {"text": "s"}}
+        first = await client.post("/apps/run", json=slow, headers={"Idempotency-Key": "k"})
+        again = await client.post("/apps/run", json=slow, headers={"Idempotency-Key": "k"})
+        new = await client.post("/apps/run", json=slow, headers={"Idempotency-Key": "other"})
+        await client.post(f"/tasks/{first.json()['data']['id']}/cancel")
+        return first, again, new
+
+    first, again, new = run_api(apps / "counting.py", tmp_path, body, max_queued_tasks=1)
+    assert again.status_code == 200 and again.json()["data"]["id"] == first.json()["data"]["id"]
+    assert new.status_code == 429

@@ -226,6 +226,29 @@ def test_an_unanswered_run_is_sent_again_with_its_idempotency_key(mode):
     assert [request.headers["idempotency-key"] for request in seen] == ["order-17", "order-17"]
 
 
+def test_a_run_with_files_sent_again_with_its_key_is_the_same_run(files_server, tmp_path, monkeypatch):
+    """Each run uploads its local files again, under new URIs: the server compares what the files are."""
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "other.png").write_bytes(b"\x89PNG another one")
+    monkeypatch.chdir(tmp_path)
+    client = sync_client(files_server.url)
+    params = {"app": "file-app", "function": "reverse", "input": {"image": "photo.png"}}
+    first = client.run(params, wait=False, idempotency_key="order-17")
+    assert client.run(params, wait=False, idempotency_key="order-17")["id"] == first["id"]
+    with pytest.raises(APIError, match="another input") as info:
+        client.run({**params, "input": {"image": "other.png"}}, wait=False, idempotency_key="order-17")
+    assert info.value.status_code == 422
+
+
+def test_backing_off_without_retry_after_stops_growing_at_8_s():
+    """Doubling from 0.5 s passed the 60 s cap at the eighth try, which then was never sent."""
+    from inferencesh_ray.client._wire import retry_delay
+
+    delays = [retry_delay(None, attempt, 20, resend=True) for attempt in range(12)]
+    assert all(delay is not None for delay in delays) and 8 <= delays[-1] <= 10
+    assert retry_delay(None, 12, 12, resend=True) is None and retry_delay(None, 0, 2, resend=False) is None
+
+
 def test_reads_and_cancels_are_sent_again_when_unanswered():
     seen: list[httpx.Request] = []
 

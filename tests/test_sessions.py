@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from helpers import run_api, wait_terminal
+from helpers import LocalWorkers, run_api, wait_terminal
 
 from inferencesh_ray.sessions import SessionRegistry
 from inferencesh_ray.status import TaskStatus
@@ -291,10 +291,44 @@ def test_a_session_call_sent_again_with_its_key_opens_or_joins_nothing_again(app
     first, third, elsewhere, plain, sessions = scenario(apps, tmp_path, body)
     assert first["output"]["history"] == ["first"]
     assert third["output"]["history"] == ["first", "second", "third"]  # each turn once
-    assert elsewhere.status_code == plain.status_code == 409 and "(another session)" in plain.json()["detail"]
+    assert elsewhere.status_code == plain.status_code == 422 and "(another session)" in plain.json()["detail"]
     assert [(view["status"], view["call_count"]) for view in sessions] == [("active", 3)]
     assert lifecycle.count("setup:" + third["output"]["instance"]) == 1 and len(
         [event for event in lifecycle if event.startswith("setup:")]) == 1  # no second session was opened
+
+
+def test_keyed_session_calls_arriving_together_at_one_ingress_open_and_join_once(apps, tmp_path, lifecycle, monkeypatch):
+    """With a worker that takes a while to start and a registry that answers over the network, as on Ray."""
+    start, begin = LocalWorkers.start, SessionRegistry.begin_call
+
+    async def slow_start(self, *args):
+        await asyncio.sleep(0.2)
+        return await start(self, *args)
+
+    async def remote_begin(self, *args):
+        await asyncio.sleep(0.01)
+        return await begin(self, *args)
+
+    monkeypatch.setattr(LocalWorkers, "start", slow_start)
+    monkeypatch.setattr(SessionRegistry, "begin_call", remote_begin)
+
+    async def body(client):
+        def keyed(key, session):
+            return client.post("/apps/run", json={"app": "memory-app", "input": {"text": key}, "session": session},
+                               headers={**A, "Idempotency-Key": key})
+
+        opened = await asyncio.gather(keyed("open", "new"), keyed("open", "new"))
+        task = opened[0].json()["data"]
+        await wait_terminal(client, task["id"], A)
+        turn = await asyncio.gather(keyed("turn", task["session_id"]), keyed("turn", task["session_id"]))
+        done = await wait_terminal(client, turn[0].json()["data"]["id"], A)
+        return opened, turn, done, (await client.get("/sessions", headers=A)).json()["data"]
+
+    opened, turn, done, sessions = scenario(apps, tmp_path, body)
+    assert len({response.json()["data"]["id"] for response in opened}) == 1
+    assert len({response.json()["data"]["id"] for response in turn}) == 1
+    assert done["output"]["history"] == ["open", "turn"]
+    assert [(view["status"], view["call_count"]) for view in sessions] == [("active", 2)]
 
 
 def test_a_session_opened_for_a_keyed_call_that_lost_its_race_ends(apps, tmp_path, lifecycle, monkeypatch):

@@ -248,28 +248,58 @@ def test_a_task_keeps_its_last_log_lines_numbered_as_they_came(tmp_path):
     assert task["logs"][0]["id"] == f"{task['id']}-{total - MAX_LOG_LINES}"  # where lines were dropped shows
 
 
-def test_an_exclusive_create_refuses_a_recorded_task_unless_its_own_and_still_queued(tmp_path):
+def test_an_id_names_one_task_and_a_create_sent_again_by_its_attempt_gets_it(tmp_path):
     async def first():
         store = TaskStore(str(tmp_path / "t.db"))
-        queued = await store.create("me", {"input": {"n": 1}}, "d1", "k1", exclusive=True)
-        again = await store.create("me", {"input": {"n": 1}}, "d1", "k1", exclusive=True)  # its own, sent again
-        assert again == queued
-        with pytest.raises(TaskExists):
-            await store.create("me", {"input": {"n": 1}}, "d2", "k1", exclusive=True)  # another dispatcher's
-        await store.apply("k1", [Running()])
-        with pytest.raises(TaskExists):
-            await store.create("me", {"input": {"n": 1}}, "d1", "k1", exclusive=True)  # running: not to start again
-        finished = await store.create("me", {"input": {}}, "d1", "k2", exclusive=True)
+        queued = await store.create("me", {"input": {"n": 1}}, "d1", "k1", "attempt-1")
+        assert await store.create("me", {"input": {"n": 1}}, "d1", "k1", "attempt-1") == queued  # sent again
+        for dispatcher, attempt in (("d2", "attempt-2"), ("d1", "attempt-2"), ("d1", None)):
+            with pytest.raises(TaskExists):
+                await store.create("me", {"input": {"n": 1}}, dispatcher, "k1", attempt)
+        finished = await store.create("me", {"input": {}}, "d1", "k2", "attempt-3")
         await store.apply(finished["id"], [Completed({})])
 
     async def after_a_restart():
         store = TaskStore(str(tmp_path / "t.db"))
-        for task_id in ("k1", "k2"):  # live again, and from the database only
-            with pytest.raises(TaskExists):
-                await store.create("me", {"input": {}}, "d1", task_id, exclusive=True)
-        results = await store.write([("create", ("me", {"input": {}}, "d3", "k2", True)),
-                                     ("create", ("me", {"input": {}}, "d3", "k3", True))])
+        assert (await store.create("me", {"input": {}}, "d1", "k1", "attempt-1"))["id"] == "k1"  # live again
+        assert (await store.create("me", {"input": {}}, "d1", "k2", "attempt-3"))["status"] == TaskStatus.COMPLETED
+        results = await store.write([("create", ("me", {"input": {}}, "d3", "k2", "attempt-4")),
+                                     ("create", ("me", {"input": {}}, "d3", "k3", "attempt-5"))])
         assert isinstance(results[0], TaskExists) and results[1]["id"] == "k3"  # one refusal fails only itself
 
     asyncio.run(first())
     asyncio.run(after_a_restart())
+
+
+def test_a_withdrawn_create_ends_failed_only_if_that_attempt_made_the_task(tmp_path):
+    async def main():
+        store = TaskStore(str(tmp_path / "t.db"))
+        await store.create("me", {"input": {}}, "d1", "lost", "attempt-1")
+        await store.create("me", {"input": {}}, "d1", "other", "attempt-2")
+        await store.withdraw("lost", "attempt-1")
+        await store.withdraw("other", "attempt-9")  # another attempt's task stays as it is
+        await store.withdraw("never-made", "attempt-3")
+        return await store.get("lost", "me"), await store.get("other", "me"), await store.get("never-made", "me")
+
+    lost, other, never = asyncio.run(main())
+    assert lost["status"] == TaskStatus.FAILED and "could not confirm this task was recorded" in lost["error"]
+    assert other["status"] == TaskStatus.QUEUED and never is None
+
+
+def test_a_database_from_before_attempts_opens_and_its_tasks_keep_their_ids(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript("CREATE TABLE tasks (id TEXT PRIMARY KEY, owner TEXT NOT NULL, status INTEGER NOT NULL, "
+                      "created REAL NOT NULL, updated REAL NOT NULL, dispatcher TEXT, body TEXT NOT NULL);")
+    body = '{"id": "t1", "status": 2, "logs": [], "events": [], "output": null, "error": null}'
+    old.execute("INSERT INTO tasks VALUES ('t1', 'me', 2, 0, 0, 'd0', ?)", (body,))
+    old.commit()
+    old.close()
+
+    async def main():
+        store = TaskStore(str(path))
+        with pytest.raises(TaskExists):
+            await store.create("me", {"input": {}}, "d1", "t1", "attempt-1")
+        return await store.get("t1", "me")
+
+    assert asyncio.run(main())["status"] == TaskStatus.QUEUED

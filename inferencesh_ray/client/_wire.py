@@ -72,6 +72,8 @@ def is_transient(exc: BaseException) -> bool:
 SAFE_METHODS = frozenset({"GET", "HEAD", "DELETE"})
 # A server asking for longer than this is treated as unavailable rather than waited on.
 MAX_RETRY_AFTER_S = 60.0
+# Without a Retry-After, waits double from 0.5 s up to this.
+MAX_BACKOFF_S = 8.0
 # The server, or a proxy before it, could not take the request just now.
 _UNAVAILABLE = frozenset({502, 503, 504})
 
@@ -82,7 +84,7 @@ def retry_delay(response: Optional[httpx.Response], attempt: int, max_retries: i
     A 429 is retried: the server refused the request for load and created nothing. A
     request that sending again cannot make happen twice (`resend`: a read, a cancel, a run
     with an Idempotency-Key) is retried too after a failed connection (`response` None)
-    or a 502, 503 or 504. The wait is the server's Retry-After (else 0.5 s doubling),
+    or a 502, 503 or 504. The wait is the server's Retry-After (else 0.5 s doubling, up to 8 s),
     stretched by up to a quarter so refused clients do not all return at once.
     """
     if attempt >= max_retries:
@@ -95,7 +97,7 @@ def retry_delay(response: Optional[httpx.Response], attempt: int, max_retries: i
     except ValueError:
         asked = None  # absent, or an HTTP date: servers here send seconds
     if asked is None:
-        asked = 0.5 * 2**attempt
+        asked = min(0.5 * 2**attempt, MAX_BACKOFF_S)
     if not 0 <= asked <= MAX_RETRY_AFTER_S:
         return None
     return asked * (1 + random.random() / 4)
