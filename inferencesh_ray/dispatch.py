@@ -39,6 +39,8 @@ Abandon = Callable[[], Awaitable[None]]
 # waits in memory here and in Serve's router until a replica takes it, so a flood is
 # refused rather than held.
 MAX_QUEUED_TASKS = 10_000
+# How long `close` waits for the undoing of calls that did not run (a registry's answer).
+CLOSE_CLEANUP_S = 5.0
 # A write the store could not take is sent again after these waits, doubling.
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 1.0
@@ -304,10 +306,13 @@ class Dispatcher:
             await asyncio.sleep(self._heartbeat_s)
 
     async def close(self) -> None:
-        """Stop dispatching: running tasks end FAILED (the server is going away), recorded before we return."""
+        """Stop dispatching: running tasks end FAILED (the server is going away), recorded before we return,
+        and what a call that did not run prepared (a session's admitted call) is undone."""
         self._closing = True
         tasks = [task for task in [self._heartbeat, *self._running.values()] if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._background:
+            await asyncio.wait(self._background, timeout=CLOSE_CLEANUP_S)
 

@@ -332,3 +332,22 @@ def test_a_cancel_that_comes_once_outputs_upload_lets_the_task_finish(tmp_path):
     answer, done = asyncio.run(main())
     assert answer["status"] == TaskStatus.UPLOADING  # as it is: too late to stop
     assert done["status"] == TaskStatus.COMPLETED and done["output"] == {"file": "done"}
+
+
+def test_closing_waits_for_what_a_call_that_did_not_run_prepared_to_be_undone(tmp_path):
+    async def main():
+        dispatcher = Dispatcher(TaskStore(str(tmp_path / "t.db")), {}, max_queued_tasks=0)
+        undone = []
+
+        async def abandon():
+            await asyncio.sleep(0.2)  # a registry call
+            undone.append("end_call")
+
+        try:
+            await dispatcher.submit("me", None, Call("run", {}, {}, {}), "", {"app_id": "a"}, "t1", True, abandon)
+        except Exception as exc:
+            assert type(exc).__name__ == "Saturated"
+        await dispatcher.close()
+        return undone
+
+    assert asyncio.run(main()) == ["end_call"]
