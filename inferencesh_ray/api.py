@@ -31,7 +31,7 @@ from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
 from .recent import RecentTasks
 from .server_files import ServerFiles
-from .sessions_api import Sessions
+from .sessions_api import Sessions, check_session_request
 from .status import TaskStatus
 from .store import TaskExists, stream_view
 from .writes import StoreUnavailable
@@ -142,6 +142,7 @@ def create_api(
             return await sessions.submit(dispatcher, caller, app, body.session, body.session_timeout, call, setup_key,
                                          fields, task_id)
         # Sent again, the call must not open or join its session again: one at a time here, and only if new.
+        check_session_request(body.session, body.session_timeout)  # as an unkeyed call is, before any replay
         async with keyed_session_calls.hold(task_id):
             await dispatcher.ensure_new(task_id, caller)
             return await sessions.submit(dispatcher, caller, app, body.session, body.session_timeout, call, setup_key,

@@ -65,6 +65,15 @@ def serve_backend(handle: Any) -> Backend:
     return run
 
 
+def _withdrawn(exclusive: bool) -> str:
+    """Why a task whose record's answer was lost ends FAILED: an exclusive call never started."""
+    if exclusive:
+        return ("the server could not confirm this task was recorded, so it did not run; "
+                "submit it again with a new Idempotency-Key")
+    return ("the server could not confirm this task was recorded, so its call was stopped "
+            "and any result dropped; submit it again")
+
+
 def _failed(future: asyncio.Future) -> bool:
     return future.done() and (future.cancelled() or future.exception() is not None)
 
@@ -116,9 +125,10 @@ class Dispatcher:
         Raises Saturated, creating nothing, when the app (`fields["app_id"]`) holds
         `max_queued_tasks` unfinished tasks, whichever backends run them.
 
-        An `exclusive` submission (an Idempotency-Key's) runs only if it creates the record:
-        its backend is entered once the record is written, and TaskExists is raised, nothing
-        run, when `task_id` is recorded already or being created here.
+        TaskExists is raised when `task_id` is recorded already. An `exclusive` submission (an
+        Idempotency-Key's) runs only if it creates the record: its backend is entered once the
+        record is written, and TaskExists is raised, nothing run, also when `task_id` is being
+        created here.
 
         `abandon` undoes what the caller prepared for the call (a session's admitted call)
         when the backend will not be entered: the submission refused, or not created.
@@ -147,7 +157,8 @@ class Dispatcher:
             if _failed(done):
                 drive.cancel()
             if not done.cancelled() and isinstance(done.exception(), StoreUnavailable):
-                self._in_background(lambda: self._until_taken(lambda: self._writes.withdraw(task_id, attempt), task_id))
+                withdraw = lambda: self._writes.withdraw(task_id, attempt, _withdrawn(exclusive))  # noqa: E731
+                self._in_background(lambda: self._until_taken(withdraw, task_id))
 
         created.add_done_callback(cancel_unless_recorded)
         return await asyncio.shield(created)

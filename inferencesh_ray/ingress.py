@@ -111,3 +111,4 @@ class Ingress:
         if self._listener is not None:
             await self._listener.close()
         await self.dispatcher.close()
+        await self.sessions.close()

@@ -80,16 +80,18 @@ class Sessions:
         await asyncio.shield(admission)  # a refusal (ApiProblem) is the answer
         return task
 
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Wait (a while) for the calls admitted for tasks that never ran to be ended in the registry:
+        left busy, a session would never idle out."""
+        if self._releasing:
+            await asyncio.wait(self._releasing, timeout=timeout_s)
+
     async def admit(self, owner: str, app: AppInfo, session: Optional[str], timeout: Optional[int], task_id: str) -> Admitted:
         """Open (`"new"`) or join a session for one call; ApiProblem when the call may not run."""
-        if session is None:
-            raise ApiProblem(400, "invalid_request", "session_timeout is only valid with session: \"new\"")
+        check_session_request(session, timeout)
         new = session == "new"
         if new:
             timeout = DEFAULT_IDLE_TIMEOUT_S if timeout is None else timeout
-            if not MIN_IDLE_TIMEOUT_S <= timeout <= MAX_IDLE_TIMEOUT_S:
-                raise ApiProblem(400, "invalid_request",
-                                 f"session_timeout must be {MIN_IDLE_TIMEOUT_S}-{MAX_IDLE_TIMEOUT_S} seconds, got {timeout}")
             opened = await self.registry.open(owner, app.name, app.version, timeout, await self._worker_spec(app))
             if opened is None:
                 raise ApiProblem(429, "rate_limited", "this server holds its limit of live sessions; end one "
@@ -97,8 +99,6 @@ class Sessions:
             if "refused" in opened:
                 raise ApiProblem(503, "unavailable", opened["refused"], headers={"retry-after": "5"})
             session = opened["id"]
-        elif timeout is not None:
-            raise ApiProblem(400, "invalid_request", "session_timeout is only valid with session: \"new\"")
         view = await self.registry.begin_call(session, owner, app.name, task_id)
         try:
             _check_open(view, session, app)
@@ -137,14 +137,17 @@ class Sessions:
     def _end_if_admitted(self, admission: asyncio.Future) -> None:
         """End the call in the registry once `admission` succeeds: a call that never ran holds no session open."""
 
-        def done(future: asyncio.Future) -> None:
-            if future.cancelled() or future.exception() is not None:
-                return
-            ending = asyncio.ensure_future(self.registry.end_call(future.result().session_id, False))
-            self._releasing.add(ending)
-            ending.add_done_callback(self._releasing.discard)
+        async def end_once_admitted() -> None:
+            try:
+                admitted = await asyncio.shield(admission)
+            except (Exception, asyncio.CancelledError):
+                return  # refused, or never admitted: nothing to end
+            await self.registry.end_call(admitted.session_id, False)
 
-        admission.add_done_callback(done)
+        # Tracked from now, not from the admission's answer: `close` waits for both.
+        ending = asyncio.ensure_future(end_once_admitted())
+        self._releasing.add(ending)
+        ending.add_done_callback(self._releasing.discard)
 
     def _backend(self, session_id: str) -> Backend:
         registry, call_worker = self.registry, self._call_worker
@@ -191,6 +194,17 @@ class Sessions:
             return envelope(_found(await registry.end(session_id, caller), session_id))
 
         return router
+
+
+def check_session_request(session: Optional[str], timeout: Optional[int]) -> None:
+    """400 for a `session_timeout` without `session: "new"`, or outside its bounds."""
+    if timeout is None:
+        return
+    if session != "new":
+        raise ApiProblem(400, "invalid_request", "session_timeout is only valid with session: \"new\"")
+    if not MIN_IDLE_TIMEOUT_S <= timeout <= MAX_IDLE_TIMEOUT_S:
+        raise ApiProblem(400, "invalid_request",
+                         f"session_timeout must be {MIN_IDLE_TIMEOUT_S}-{MAX_IDLE_TIMEOUT_S} seconds, got {timeout}")
 
 
 def _found(view: Optional[dict], session_id: str) -> dict:

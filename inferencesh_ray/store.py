@@ -69,7 +69,7 @@ class _Live:
 
 
 class TaskExists(Exception):
-    """An exclusive create named a task that is recorded already (an Idempotency-Key sent again)."""
+    """A create named a task that is recorded already (an Idempotency-Key sent again)."""
 
 
 class TaskStore:
@@ -141,7 +141,7 @@ class TaskStore:
     # that fails leaves memory as the disk has it, so a retry or a fallback still applies.
 
     async def write(self, ops: list[tuple[str, tuple]]) -> list[Any]:
-        """Run `create`, `apply` and `cancel` calls in order, in one transaction; each
+        """Run `create`, `apply`, `cancel` and `withdraw` calls in order, in one transaction; each
         gets its result, or the exception it raised, in its place. Raises, having changed
         nothing, when the transaction itself fails (a full disk, an I/O error)."""
         with self._transaction():
@@ -159,11 +159,11 @@ class TaskStore:
         with self._transaction():
             return self._cancel(task_id, owner)
 
-    async def withdraw(self, task_id: str, attempt: str) -> None:
-        """End FAILED the task `attempt` created, if it did: its dispatcher lost the create's answer,
-        refused the task, and never ran it; left QUEUED, it would wait forever."""
+    async def withdraw(self, task_id: str, attempt: str, reason: str) -> None:
+        """End FAILED the task `attempt` created, if it did: its dispatcher lost the create's answer and
+        refused the task, whose events it never records; left QUEUED, it would wait forever."""
         with self._transaction():
-            self._withdraw(task_id, attempt)
+            self._withdraw(task_id, attempt, reason)
 
     async def heartbeat(self, dispatcher: str) -> list[str]:
         """Renew a dispatcher's lease; returns the ids of its tasks to cancel."""
@@ -215,7 +215,7 @@ class TaskStore:
         recorded = self._recorded(task_id) if task_id is not None else None
         if recorded is not None:
             task, made_by = recorded
-            if attempt is not None and made_by == attempt:
+            if isinstance(attempt, str) and made_by == attempt:  # not a flag an older dispatcher sent there
                 return task
             raise TaskExists(f"task {task_id} is recorded already")
         stamp = time.time()
@@ -231,8 +231,8 @@ class TaskStore:
             **fields,
             "events": [_status_event(TaskStatus.RECEIVED, stamp), _status_event(TaskStatus.QUEUED, stamp)],
         }
-        self._save(task, owner, dispatcher, attempt)
-        live = self._live[task["id"]] = _Live(task, owner, dispatcher, attempt)
+        self._save(task, owner, dispatcher, attempt if isinstance(attempt, str) else None)
+        live = self._live[task["id"]] = _Live(task, owner, dispatcher, attempt if isinstance(attempt, str) else None)
         self._changes.append((live, None))
         return task
 
@@ -260,11 +260,10 @@ class TaskStore:
         self._change(live, events)
         return live.task
 
-    def _withdraw(self, task_id: str, attempt: str) -> None:
+    def _withdraw(self, task_id: str, attempt: str, reason: str) -> None:
         live = self._live.get(task_id)
-        if live is not None and live.attempt == attempt:
-            self._change(live, [Failed("the server could not confirm this task was recorded, so it did not run; "
-                                       "submit it again (with a new Idempotency-Key)")])
+        if live is not None and isinstance(attempt, str) and live.attempt == attempt:
+            self._change(live, [Failed(reason)])
 
     def _cancel(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
         live = self._live.get(task_id)

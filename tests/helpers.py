@@ -86,6 +86,7 @@ class Server:
     dispatcher: Any
     store: Any
     workers: LocalWorkers
+    sessions: Any
 
 
 def make_server(app_path, tmp_path, keys=(), files=None, session_limit=4, max_queued_tasks=10_000, **api_options) -> Server:
@@ -115,7 +116,7 @@ def make_server(app_path, tmp_path, keys=(), files=None, session_limit=4, max_qu
 
     sessions = Sessions(registry, workers.call, spec)
     app = create_app(AppCatalog([info]), dispatcher, Auth(list(keys)), files, sessions, **api_options)
-    return Server(app, dispatcher, store, workers)
+    return Server(app, dispatcher, store, workers, sessions)
 
 
 def run_api(app_path, tmp_path, body, keys=(), files=None, session_limit=4, max_queued_tasks=10_000, **api_options):

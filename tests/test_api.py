@@ -329,15 +329,17 @@ def test_a_keyed_run_whose_record_failed_can_be_sent_again_with_its_key(apps, tm
     assert done["status"] == TaskStatus.COMPLETED and done["output"]["text"] == "r"
 
 
-def lose_the_first_create_answer(store):
-    """The store commits the first create, then its answer is lost (on Ray: the actor died after committing)."""
+def lose_the_first_create_answer(store, delay_s=0.0):
+    """The store commits the first create, then (`delay_s` later) its answer is lost: on Ray, an
+    error reported for a call the store had carried out."""
     write, lost = store.write, []
 
     async def committed_then_lost(ops):
         results = await write(ops)
         if not lost and any(op == "create" for op, _ in ops):
             lost.append(ops)
-            raise RuntimeError("the task store died after committing")
+            await asyncio.sleep(delay_s)
+            raise RuntimeError("the task store's answer was lost")
         return results
 
     store.write = committed_then_lost
@@ -407,3 +409,37 @@ def test_a_run_sent_again_while_its_app_is_full_gets_its_task_not_429(apps, tmp_
     first, again, new = run_api(apps / "counting.py", tmp_path, body, max_queued_tasks=1)
     assert again.status_code == 200 and again.json()["data"]["id"] == first.json()["data"]["id"]
     assert new.status_code == 429
+
+
+def test_an_unkeyed_task_whose_create_answer_was_lost_says_its_result_was_dropped(apps, tmp_path, monkeypatch):
+    """Its call starts alongside its record, so it may have run: it must not say it did not."""
+    monkeypatch.syspath_prepend(str(apps))
+    import lifecycle
+
+    async def body(client):
+        lose_the_first_create_answer(client.store, delay_s=0.5)
+        refused = await client.post("/apps/run", json={"app": "counting:blocking", "input": {"text": "u"}})
+        task_id = client.store._db.execute("SELECT id FROM tasks").fetchone()[0]
+        for _ in range(100):  # withdrawn in the background, after the answer
+            task = await client.store.get(task_id, "local")
+            if TaskStatus(task["status"]).is_terminal:
+                break
+            await asyncio.sleep(0.02)
+        return refused, task
+
+    lifecycle.EVENTS.clear()
+    refused, task = scenario(apps, tmp_path, body)
+    assert refused.status_code == 503 and "blocking:end:u" in lifecycle.EVENTS
+    assert task["status"] == TaskStatus.FAILED and "its call was stopped and any result dropped" in task["error"]
+
+
+def test_a_keyed_replay_is_validated_as_an_unkeyed_request_is(apps, tmp_path):
+    async def body(client):
+        run = {"app": "counting", "input": {"text": "x"}}
+        first = await client.post("/apps/run", json=run, headers={"Idempotency-Key": "k"})
+        replay = await client.post("/apps/run", json={**run, "session_timeout": 60}, headers={"Idempotency-Key": "k"})
+        await wait_terminal(client, first.json()["data"]["id"])
+        return replay
+
+    replay = scenario(apps, tmp_path, body)
+    assert replay.status_code == 400 and "session_timeout is only valid with session" in replay.json()["detail"]

@@ -536,3 +536,36 @@ def test_replica_options_are_asked_afresh_but_busy_replicas_give_way_to_the_last
     assert (first, second, third, fourth) == ({"num_cpus": 1}, {"num_cpus": 2}, {"num_cpus": 2}, {"num_cpus": 2})
     assert waited < 1 and asked == ["app"] * 3  # the two openings under load shared one question
     assert options._known["app"] == {"num_cpus": 3}
+
+
+def test_closing_waits_for_the_calls_admitted_for_tasks_that_never_ran_to_end(apps, tmp_path, monkeypatch):
+    """A call into a known session, its admission in flight when the ingress closes: left busy, its
+    session would never idle out."""
+    import httpx
+    from helpers import make_server
+
+    begin = SessionRegistry.begin_call
+
+    async def main():
+        server = make_server(apps / "memory_app.py", tmp_path)
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=server.app, client=("127.0.0.1", 5000)),
+                                   base_url="http://test")
+        first = (await client.post("/apps/run", json={"app": "memory-app", "input": {"text": "a"},
+                                                      "session": "new"})).json()["data"]
+        await wait_terminal(client, first["id"])
+
+        async def slow_begin(self, *args):
+            view = await begin(self, *args)
+            await asyncio.sleep(0.3)  # its answer crosses the network
+            return view
+
+        monkeypatch.setattr(SessionRegistry, "begin_call", slow_begin)
+        call = asyncio.ensure_future(client.post("/apps/run", json={"app": "memory-app", "input": {"text": "b"},
+                                                                    "session": first["session_id"]}))
+        await asyncio.sleep(0.1)  # its task is created; its admission is in flight
+        await server.dispatcher.close()
+        await server.sessions.close()
+        call.cancel()
+        return server.sessions.registry._active[first["session_id"]].busy
+
+    assert asyncio.run(main()) == 0

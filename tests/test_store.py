@@ -253,9 +253,13 @@ def test_an_id_names_one_task_and_a_create_sent_again_by_its_attempt_gets_it(tmp
         store = TaskStore(str(tmp_path / "t.db"))
         queued = await store.create("me", {"input": {"n": 1}}, "d1", "k1", "attempt-1")
         assert await store.create("me", {"input": {"n": 1}}, "d1", "k1", "attempt-1") == queued  # sent again
-        for dispatcher, attempt in (("d2", "attempt-2"), ("d1", "attempt-2"), ("d1", None)):
+        # True: what an older dispatcher sent in that place (`exclusive`), during an upgrade
+        for dispatcher, attempt in (("d2", "attempt-2"), ("d1", "attempt-2"), ("d1", None), ("d1", True)):
             with pytest.raises(TaskExists):
                 await store.create("me", {"input": {"n": 1}}, dispatcher, "k1", attempt)
+        await store.create("me", {"input": {}}, "old-d1", "k4", True)
+        with pytest.raises(TaskExists):
+            await store.create("me", {"input": {}}, "old-d2", "k4", True)
         finished = await store.create("me", {"input": {}}, "d1", "k2", "attempt-3")
         await store.apply(finished["id"], [Completed({})])
 
@@ -276,13 +280,13 @@ def test_a_withdrawn_create_ends_failed_only_if_that_attempt_made_the_task(tmp_p
         store = TaskStore(str(tmp_path / "t.db"))
         await store.create("me", {"input": {}}, "d1", "lost", "attempt-1")
         await store.create("me", {"input": {}}, "d1", "other", "attempt-2")
-        await store.withdraw("lost", "attempt-1")
-        await store.withdraw("other", "attempt-9")  # another attempt's task stays as it is
-        await store.withdraw("never-made", "attempt-3")
+        await store.withdraw("lost", "attempt-1", "its answer was lost")
+        await store.withdraw("other", "attempt-9", "not this one")  # another attempt's task stays as it is
+        await store.withdraw("never-made", "attempt-3", "nothing to end")
         return await store.get("lost", "me"), await store.get("other", "me"), await store.get("never-made", "me")
 
     lost, other, never = asyncio.run(main())
-    assert lost["status"] == TaskStatus.FAILED and "could not confirm this task was recorded" in lost["error"]
+    assert lost["status"] == TaskStatus.FAILED and lost["error"] == "its answer was lost"
     assert other["status"] == TaskStatus.QUEUED and never is None
 
 
