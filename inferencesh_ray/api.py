@@ -124,13 +124,18 @@ def create_api(
         except Saturated:  # sent again while its app is full: its task is the answer, if it has one
             if await tasks.get(task_id, caller) is None:
                 raise
+        return await replay(app.functions[function]["input_schema"], task_id, key, fields, body.session, caller)
+
+    async def replay(schema: dict, task_id: str, key: str, fields: dict[str, Any], session: Optional[str],
+                     caller: str) -> JSONResponse:
+        """The task `key` made, for a request sent again; 422 when it is not the same request."""
         task = await tasks.get(task_id, caller)
         if task is None:  # pruned in between: its retention ran out
             raise ApiProblem(409, "idempotency_key_reused", f"the task {HEADER} {key!r} named is no longer kept; "
                              "send the request with a new key")
-        schema = app.functions[function]["input_schema"]
         first = {**task, "input": await files.identities(schema, task.get("input"), caller)}
-        check_same_request(first, {**fields, "input": await files.identities(schema, data, caller)}, body.session, key)
+        check_same_request(first, {**fields, "input": await files.identities(schema, fields["input"], caller)},
+                           session, key)
         return envelope(task, headers={REPLAYED_HEADER: "true"})
 
     async def submit(app: AppInfo, body: RunRequest, call: Call, setup_key: str, fields: dict[str, Any], task_id: str,
