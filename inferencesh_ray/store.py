@@ -294,7 +294,10 @@ class TaskStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN")
+        # IMMEDIATE: the write lock first. A transaction that reads, then writes (a create asks
+        # whether its id exists), fails at once when another process sharing the database (the
+        # session registry) committed in between; waiting for the lock is what the busy timeout does.
+        self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
             self._db.execute("COMMIT")

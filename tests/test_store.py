@@ -307,3 +307,27 @@ def test_a_database_from_before_attempts_opens_and_its_tasks_keep_their_ids(tmp_
         return await store.get("t1", "me")
 
     assert asyncio.run(main())["status"] == TaskStatus.QUEUED
+
+
+def test_a_create_is_not_refused_when_another_process_writes_the_database_meanwhile(tmp_path):
+    """The session registry shares the database file. A create reads (does its id exist?), then
+    writes; begun deferred, it failed with "database is locked" (a 500 in CI) when the registry
+    committed in between."""
+    path = str(tmp_path / "t.db")
+    store = TaskStore(path)
+    other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    other.execute("CREATE TABLE IF NOT EXISTS sessions (id TEXT PRIMARY KEY)")
+    recorded, wrote = store._recorded, []
+
+    def recorded_then_another_write(task_id):
+        found = recorded(task_id)
+        try:
+            other.execute("INSERT INTO sessions VALUES (?)", (task_id,))  # the registry, between our read and write
+            wrote.append("other")
+        except sqlite3.OperationalError:
+            wrote.append("waited")  # our transaction holds the write lock: the other writer waits its turn
+        return found
+
+    store._recorded = recorded_then_another_write
+    task = asyncio.run(store.create("me", {"input": {}}, "d1", "t1", "a1"))
+    assert task["id"] == "t1" and wrote == ["waited"]
