@@ -18,6 +18,7 @@ from ray.serve.handle import DeploymentHandle
 from .api import create_app
 from .auth import Auth, load_keys
 from .catalog import AppCatalog, AppInfo
+from .code_version import LOADED
 from .dispatch import Dispatcher, serve_backend
 from .listener import Listener
 from .local_ray import pin_replica_grpc_to_node_address
@@ -47,10 +48,12 @@ def named_actor(cls: type, kind: str, database: str, *args: Any, settings: dict[
     """The `kind` actor of this database: created once, found by name afterwards, restarted if it dies.
 
     `settings` go to its constructor and, since an actor found by name keeps the arguments it
-    was made with (an earlier deploy's), to its `configure` too.
+    was made with (an earlier deploy's), to its `configure` too. StaleActor when it runs other
+    inferencesh_ray code than this process (it outlived an upgrade).
     """
+    name = f"{kind}-" + hashlib.sha1(database.encode()).hexdigest()[:12]
     actor_cls = ray.remote(cls).options(
-        name=f"{kind}-" + hashlib.sha1(database.encode()).hexdigest()[:12],
+        name=name,
         namespace=NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
@@ -59,9 +62,18 @@ def named_actor(cls: type, kind: str, database: str, *args: Any, settings: dict[
         num_cpus=0,
         max_concurrency=10_000,
     )
-    actor = RemoteActor(actor_cls.remote(database, *args, **settings))
-    actor.configure(**settings)
-    return actor
+    handle = actor_cls.remote(database, *args, **settings)
+    # Once, as the replica starts: nothing else waits on this event loop yet.
+    if ray.get(handle.configure.remote(**settings)) != LOADED:
+        raise StaleActor(f"the {kind} actor {name!r} (namespace {NAMESPACE!r}) runs another inferencesh_ray's "
+                         "code, from before an upgrade: stop Ray (`ray stop`) and serve again, or, to keep "
+                         f"Ray running, end that actor: ray.kill(ray.get_actor({name!r}, namespace={NAMESPACE!r})) "
+                         "(its state is on disk and is read again)")
+    return RemoteActor(handle)
+
+
+class StaleActor(RuntimeError):
+    """A detached actor found by name runs other code than this process."""
 
 
 def made_here(handle: DeploymentHandle) -> DeploymentHandle:

@@ -178,7 +178,7 @@ def _wait_running(names: list[str], stop: threading.Event, timeout_s: float = 60
         failed = [name for name in names if name in apps and apps[name].status == "DEPLOY_FAILED"]
         if failed:
             for name in failed:
-                _say(f"error: {name} failed to deploy: {apps[name].message}")
+                _say(f"error: {name} failed to deploy: {failure_of(name)}")
             return False
         if all(state == "RUNNING" for state in states.values()):
             return True
@@ -186,6 +186,17 @@ def _wait_running(names: list[str], stop: threading.Event, timeout_s: float = 60
     if not stop.is_set():
         _say(f"error: not running after {timeout_s:.0f} s")
     return False
+
+
+def failure_of(app: str) -> str:
+    """Why Serve says `app` failed: its own message ("Failed to update the deployments [...]")
+    and each unhealthy deployment's, which holds the replica's error."""
+    from ray import serve
+
+    application = serve.status().applications[app]
+    failing = [f"{name}: {deployment.message}" for name, deployment in application.deployments.items()
+               if deployment.status != "HEALTHY" and deployment.message]
+    return "\n".join([application.message, *failing])
 
 
 def _wait_routed(proxy: str, names: list[str], stop: threading.Event, timeout_s: float = ROUTE_WAIT_S) -> bool:

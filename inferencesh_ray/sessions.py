@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from .code_version import LOADED
 from .store import now_iso
 
 ACTIVE, ENDED, EXPIRED = "active", "ended", "expired"
@@ -113,9 +114,11 @@ class SessionRegistry:
             session.expires = max(session.expires, time.time() + session.idle_timeout)
             self._active[session.id] = session
 
-    def configure(self, *, limit: int, retention_s: float) -> None:
-        """Take a deploy's settings (on Ray the registry outlives deploys, as the task store does)."""
+    def configure(self, *, limit: int, retention_s: float) -> str:
+        """Take a deploy's settings (on Ray the registry outlives deploys, as the task store does);
+        returns the code it runs."""
         self._limit, self._retention_s = limit, retention_s
+        return LOADED
 
     async def open(self, owner: str, app: str, version: str, idle_timeout: int, spec: Any) -> Optional[dict[str, Any]]:
         """Start a session and its worker; None at the limit of live sessions; `{"refused": why}` if it cannot start."""

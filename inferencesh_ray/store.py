@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
 from .events import TERMINAL_EVENTS, Cancelled, Completed, Failed, Log, Output, TaskEvent
+from .code_version import LOADED
 from .json_codec import dumps, loads
 from .status import TaskStatus
 
@@ -98,10 +99,11 @@ class TaskStore:
             task = loads(body)
             self._live[task["id"]] = _Live(task, owner, dispatcher, attempt)
 
-    def configure(self, *, retention_s: float, lease_s: float) -> None:
-        """Take a deploy's settings. On Ray the store outlives deploys (found by name, not made
-        again), so a changed config reaches it only this way."""
+    def configure(self, *, retention_s: float, lease_s: float) -> str:
+        """Take a deploy's settings; returns the code it runs (`code_version.LOADED`). On Ray the
+        store outlives deploys (found by name, not made again), so a changed config reaches it only this way."""
         self._retention_s, self._lease_s = retention_s, lease_s
+        return LOADED
 
     # -- creating and reading -------------------------------------------------
 

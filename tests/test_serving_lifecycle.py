@@ -14,6 +14,7 @@ from conftest import APPS, ROOT
 from inferencesh import inference
 from ray import serve
 
+from inferencesh_ray.serve_command import failure_of
 from inferencesh_ray.status import TaskStatus
 
 pytestmark = pytest.mark.ray
@@ -123,6 +124,41 @@ def test_infsh_ray_serve_blocks_until_sigterm_then_unloads(ray_serve, tmp_path):
     finally:
         process.kill()
     wait_for(lambda: ray_serve.lifecycle().count("unload:a") > unloads_before, timeout=30)
+
+
+def test_an_ingress_will_not_start_against_a_store_left_running_from_before_an_upgrade(ray_serve, tmp_path):
+    """The store is a detached actor that outlives deploys, and an upgrade: every run used to fail
+    with a 500 against one whose `create` took other arguments."""
+    import hashlib
+
+    import ray
+
+    from inferencesh_ray.builder import build
+    from inferencesh_ray.ingress import NAMESPACE
+
+    database = str((tmp_path / "tasks.sqlite3").resolve())
+    name = "tasks-" + hashlib.sha1(database.encode()).hexdigest()[:12]
+
+    @ray.remote
+    class StoreFromBefore:  # its `configure` said nothing of its code
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def configure(self, **settings) -> None:
+            return None
+
+    old = StoreFromBefore.options(name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=0).remote()
+    ray.get(old.configure.remote())
+    try:
+        with pytest.raises(RuntimeError, match="Deploying application stale failed"):
+            serve.run(build({"path": str(APPS / "counting.py"), "data_dir": str(tmp_path)}), name="stale",
+                      route_prefix="/stale")
+        message = failure_of("stale")
+    finally:
+        serve.delete("stale")
+        ray.kill(old)
+    assert "runs another inferencesh_ray's code, from before an upgrade" in message
+    assert "ray stop" in message and f"ray.get_actor({name!r}, namespace={NAMESPACE!r})" in message
 
 
 def test_serve_refuses_a_public_address_without_keys(tmp_path):
