@@ -17,9 +17,10 @@ import time
 from collections import OrderedDict
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Awaitable, Optional
 
 from .status import TaskStatus
+from .writes import StoreUnavailable
 
 # Finished tasks stay a while for the reads that follow a task's end (the official client
 # reads and streams right after submitting); then the store answers.
@@ -60,14 +61,14 @@ class RecentTasks:
         """The task, or None when it does not exist or belongs to another key."""
         entry = self._entries.get(task_id)
         if entry is None:
-            return await self.store.get(task_id, owner)
+            return await _read(self.store.get(task_id, owner))
         return entry.task if entry.owner == owner else None
 
     async def watch(self, task_id: str, owner: str, seen: int, timeout: float) -> Optional[tuple[int, dict]]:
         """(version, task) once the task's version passes `seen`, or the current one after `timeout`."""
         entry = self._entries.get(task_id)
         if entry is None:
-            return await self.store.watch(task_id, owner, seen, timeout)
+            return await _read(self.store.watch(task_id, owner, seen, timeout))
         if entry.owner != owner:
             return None
         if entry.version <= seen and not TaskStatus(entry.task["status"]).is_terminal:
@@ -83,3 +84,11 @@ class RecentTasks:
                 return
             del self._finished[task_id]
             self._entries.pop(task_id, None)
+
+
+async def _read(call: Awaitable[Any]) -> Any:
+    """A read's answer; StoreUnavailable (a 503, not a bare 500) when the store cannot be asked."""
+    try:
+        return await call
+    except Exception as exc:
+        raise StoreUnavailable(f"the task store could not be read ({type(exc).__name__}: {exc})") from exc

@@ -443,3 +443,16 @@ def test_a_keyed_replay_is_validated_as_an_unkeyed_request_is(apps, tmp_path):
 
     replay = scenario(apps, tmp_path, body)
     assert replay.status_code == 400 and "session_timeout is only valid with session" in replay.json()["detail"]
+
+
+def test_a_read_the_task_store_cannot_answer_is_a_503_not_a_500(apps, tmp_path):
+    async def body(client):
+        async def down(*args):
+            raise RuntimeError("the task store's actor is unreachable")
+
+        client.store.get = down
+        return await client.get("/tasks/not-in-memory")
+
+    response = scenario(apps, tmp_path, body)
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.json()["type"] == "/errors/unavailable"
