@@ -120,16 +120,16 @@ def create_api(
         try:
             return envelope(await submit(app, body, call, setup_key, fields, task_id, caller, keyed=True))
         except TaskExists:
-            pass
+            task = await tasks.get(task_id, caller)
         except Saturated:  # sent again while its app is full: its task is the answer, if it has one
-            if await tasks.get(task_id, caller) is None:
+            task = await tasks.get(task_id, caller)
+            if task is None:
                 raise
-        return await replay(app.functions[function]["input_schema"], task_id, key, fields, body.session, caller)
+        return await replay(app.functions[function]["input_schema"], task, key, fields, body.session, caller)
 
-    async def replay(schema: dict, task_id: str, key: str, fields: dict[str, Any], session: Optional[str],
+    async def replay(schema: dict, task: Optional[dict], key: str, fields: dict[str, Any], session: Optional[str],
                      caller: str) -> JSONResponse:
         """The task `key` made, for a request sent again; 422 when it is not the same request."""
-        task = await tasks.get(task_id, caller)
         if task is None:  # pruned in between: its retention ran out
             raise ApiProblem(409, "idempotency_key_reused", f"the task {HEADER} {key!r} named is no longer kept; "
                              "send the request with a new key")

@@ -78,10 +78,10 @@ def _failed(future: asyncio.Future) -> bool:
     return future.done() and (future.cancelled() or future.exception() is not None)
 
 
-async def _passes(gate: asyncio.Future) -> bool:
+async def _recorded(created: asyncio.Future) -> bool:
     """Whether the record an exclusive call waits for was written; `submit` raises why not."""
     try:
-        await asyncio.shield(gate)
+        await asyncio.shield(created)
     except Exception:
         return False
     return True
@@ -146,9 +146,8 @@ class Dispatcher:
         call = replace(call, metadata={**call.metadata, "task_id": task_id, "session_id": fields.get("session_id")})
         attempt = uuid.uuid4().hex
         created = self._created[task_id] = asyncio.ensure_future(self._create(owner, fields, task_id, attempt))
-        gate = created if exclusive else None
         drive = self._running[task_id] = asyncio.create_task(
-            self._drive(owner, task_id, backend, call, setup_key, created, gate, abandon))
+            self._drive(owner, task_id, backend, call, setup_key, created, exclusive, abandon))
         self._unfinished[app] += 1
         # A callback, not the drive's `finally`: it runs also for a drive cancelled before it started.
         drive.add_done_callback(lambda _: self._ended(task_id, app, drive))
@@ -214,13 +213,13 @@ class Dispatcher:
 
     async def _drive(
         self, owner: str, task_id: str, backend: Backend, call: Call, setup_key: str, created: asyncio.Future,
-        gate: Optional[asyncio.Future], abandon: Optional[Abandon],
+        exclusive: bool, abandon: Optional[Abandon],
     ) -> None:
         events: asyncio.Queue[Optional[TaskEvent]] = asyncio.Queue()
         writer = asyncio.create_task(self._write(owner, task_id, events, created))
-        entered = gate is None
+        entered = not exclusive
         try:
-            if not entered and not await _passes(gate):
+            if exclusive and not await _recorded(created):
                 return
             entered = True
             async for event in backend(call, setup_key):

@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from .events import TERMINAL_EVENTS, Cancelled, Completed, Failed, Log, Output, TaskEvent
 from .code_version import LOADED
+from .events import TERMINAL_EVENTS, Cancelled, Completed, Failed, Log, Output, TaskEvent
 from .json_codec import dumps, loads
 from .status import TaskStatus
 
@@ -214,10 +214,11 @@ class TaskStore:
         self, owner: str, fields: dict[str, Any], dispatcher: Optional[str] = None, task_id: Optional[str] = None,
         attempt: Optional[str] = None,
     ) -> dict[str, Any]:
+        attempt = attempt if isinstance(attempt, str) else None  # not a flag an older dispatcher sent there
         recorded = self._recorded(task_id) if task_id is not None else None
         if recorded is not None:
             task, made_by = recorded
-            if isinstance(attempt, str) and made_by == attempt:  # not a flag an older dispatcher sent there
+            if attempt is not None and made_by == attempt:
                 return task
             raise TaskExists(f"task {task_id} is recorded already")
         stamp = time.time()
@@ -233,8 +234,8 @@ class TaskStore:
             **fields,
             "events": [_status_event(TaskStatus.RECEIVED, stamp), _status_event(TaskStatus.QUEUED, stamp)],
         }
-        self._save(task, owner, dispatcher, attempt if isinstance(attempt, str) else None)
-        live = self._live[task["id"]] = _Live(task, owner, dispatcher, attempt if isinstance(attempt, str) else None)
+        self._save(task, owner, dispatcher, attempt)
+        live = self._live[task["id"]] = _Live(task, owner, dispatcher, attempt)
         self._changes.append((live, None))
         return task
 
