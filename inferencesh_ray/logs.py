@@ -9,6 +9,7 @@ when there are none, as Python does).
 
 from __future__ import annotations
 
+import builtins
 import contextvars
 import io
 import logging
@@ -20,6 +21,7 @@ from typing import Callable, Iterator, TextIO
 _current: contextvars.ContextVar["LineSink | None"] = contextvars.ContextVar("infsh_log_sink", default=None)
 _install_lock = threading.Lock()
 _installed = False
+_print_before: Callable[..., None] = builtins.print
 
 
 MAX_LINE_CHARS = 8192
@@ -110,10 +112,25 @@ def _other_handlers(handler: logging.Handler, record: logging.LogRecord) -> bool
     return False
 
 
+def _print(*objects: object, sep: "str | None" = " ", end: "str | None" = "\n", file: "TextIO | None" = None,
+           flush: bool = False) -> None:
+    if _current.get() is None:
+        _print_before(*objects, sep=sep, end=end, file=file, flush=flush)
+        return
+    stream = sys.stdout if file is None else file
+    stream.write((" " if sep is None else sep).join(map(str, objects)) + ("\n" if end is None else end))
+
+
 def install() -> None:
-    """Wrap stdout/stderr (again, if something swapped them since) and add a root logging handler once."""
-    global _installed
+    """Wrap stdout/stderr and `print` (again, if something swapped them since) and add a root logging handler once.
+
+    `print` too, since Serve's throughput mode points it at its own logger on replicas,
+    past both the streams and the root logger.
+    """
+    global _installed, _print_before
     with _install_lock:
+        if builtins.print is not _print:
+            _print_before, builtins.print = builtins.print, _print
         if not isinstance(sys.stdout, _StreamProxy):
             sys.stdout = _StreamProxy(sys.stdout, "stdout")
         if not isinstance(sys.stderr, _StreamProxy):

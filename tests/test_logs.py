@@ -68,3 +68,22 @@ def test_a_bar_on_stderr_does_not_wipe_a_line_waiting_on_stdout():
         logging.getLogger("app").warning("a record is a line of its own")
         print("done")
     assert seen == ["WARNING app: a record is a line of its own", "saving done", " 10%|#"]
+
+
+def test_print_reaches_the_task_when_a_server_has_pointed_print_elsewhere(monkeypatch):
+    """Serve's throughput mode makes `print` on a replica log to its own logger, which no task sees."""
+    import builtins
+    import sys
+
+    from inferencesh_ray import logs
+
+    elsewhere: list[str] = []
+    monkeypatch.setattr(builtins, "print", lambda *objects, **options: elsewhere.append(" ".join(map(str, objects))))
+    monkeypatch.setattr(logs, "_print_before", logs._print_before)
+    seen: list[str] = []
+    with logs.capture(seen.append):
+        print("loading", 3, sep=": ")
+        print("to stderr", file=sys.stderr)
+    print("between tasks")
+    assert seen == ["loading: 3", "to stderr"]
+    assert elsewhere == ["between tasks"]  # outside a task, print is left as the server made it

@@ -70,6 +70,13 @@ def test_official_client_stream_sees_logs_and_snapshots_while_running(counting):
     assert updates[-1]["output"] == {"text": "s3", "mode": "a"}
 
 
+def test_what_a_function_prints_on_a_replica_is_in_its_task_logs(counting):
+    # Serve's throughput mode, which we start Ray with, points `print` on replicas at its own logger.
+    done = client(counting).run({"app": "counting:shout", "input": {"text": "hey"}})
+    assert done["status"] == SdkStatus.COMPLETED
+    assert "shouting hey" in [log["content"] for log in done["logs"]]
+
+
 def test_official_client_cancel_of_a_running_task(counting, ray_serve):
     sdk = client(counting)
     task = sdk.run({"app": "counting:slow", "input": {"text": "cancel-me"}}, wait=False)

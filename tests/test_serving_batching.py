@@ -48,6 +48,7 @@ def test_tasks_sent_together_run_as_one_batch_of_the_configured_size(batched):
     # More than the decorator's 4 share a batch: the config's 8 applied.
     assert max(output["batch_size"] for output in outputs) > 4
     assert any("embedding t0" in log["content"] for log in done["t0"]["logs"])
+    assert any(log["content"].startswith("batch of ") for log in done["t0"]["logs"])  # its print, on a replica
 
 
 def test_a_session_calls_a_batched_function_as_any_other(batched):
