@@ -355,16 +355,7 @@ def _apply_one(task: dict[str, Any], event: TaskEvent) -> bool:
     if current.is_terminal:
         return False
     if isinstance(event, Log):
-        logs = task["logs"]
-        index = _log_index(logs[-1]) + 1 if logs else 0
-        if event.seq is not None:
-            if event.seq < index:
-                return False  # taken already
-            index = event.seq
-        logs.append(_log_entry(task["id"], index, event.text, event.at))
-        if len(logs) > MAX_LOG_LINES:
-            del logs[0]  # the draft's own list
-        return True
+        return _append_log(task, event.text, event.at, event.seq)
     if isinstance(event, Output):
         task["output"] = event.output
         return True
@@ -376,12 +367,27 @@ def _apply_one(task: dict[str, Any], event: TaskEvent) -> bool:
         task["output"] = event.output
     elif isinstance(event, Failed):
         task["error"] = event.error
+        for line in event.traceback.splitlines():  # where the app's code raised, for its author
+            _append_log(task, line, event.at)
     elif isinstance(event, Cancelled):
         task["error"] = task["error"] or event.reason
     if event.status is None or event.status <= current:
         return False
     task["status"] = int(event.status)
     task["events"].append(_status_event(event.status, event.at))
+    return True
+
+
+def _append_log(task: dict[str, Any], text: str, stamp: float, seq: Optional[int] = None) -> bool:
+    logs = task["logs"]
+    index = _log_index(logs[-1]) + 1 if logs else 0
+    if seq is not None:
+        if seq < index:
+            return False  # taken already
+        index = seq
+    logs.append(_log_entry(task["id"], index, text, stamp))
+    if len(logs) > MAX_LOG_LINES:
+        del logs[0]  # the draft's own list
     return True
 
 

@@ -109,6 +109,14 @@ def test_failures_reach_the_official_client(counting):
     assert client(counting).run({"app": "counting", "input": {"text": "ok"}})["output"]["text"] == "ok"
 
 
+def test_a_failed_task_logs_where_the_app_raised(counting):
+    task = httpx.post(f"{counting}/apps/run", json={"app": "counting:boom", "input": {"text": "y"}}, timeout=60)
+    done = wait_status(counting, task.json()["data"]["id"], lambda t: TaskStatus(t["status"]).is_terminal)
+    assert done["status"] == TaskStatus.FAILED and done["error"] == "RuntimeError: boom: y"
+    lines = [log["content"] for log in done["logs"]]
+    assert "Traceback (app frames):" in lines and any("counting.py" in line and "in boom" in line for line in lines)
+
+
 def test_validation_errors_through_the_official_client(counting):
     from inferencesh.models.errors import APIError
 

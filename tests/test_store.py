@@ -29,6 +29,22 @@ def test_status_moves_only_forward_and_terminal_is_final(tmp_path):
     assert [e["status"] for e in done["events"]] == [1, 2, 7, 10]
 
 
+def test_the_app_frames_of_a_failure_end_its_logs(tmp_path):
+    async def main():
+        store = TaskStore(str(tmp_path / "t.db"))
+        task = await store.create("me", {"input": {}}, "d1")
+        frames = 'Traceback (app frames):\n  File "/apps/a/inference.py", line 9, in run\n    raise ValueError("no")'
+        await store.apply(task["id"], [Running(), Log("working"), Failed("ValueError: no", frames)])
+        return await store.get(task["id"], "me")
+
+    done = asyncio.run(main())
+    assert done["status"] == TaskStatus.FAILED and done["error"] == "ValueError: no"
+    assert [log["content"] for log in done["logs"]] == [
+        "working", "Traceback (app frames):", '  File "/apps/a/inference.py", line 9, in run', '    raise ValueError("no")',
+    ]
+    assert [log["id"] for log in done["logs"]] == [f"{done['id']}-{index}" for index in range(4)]
+
+
 def test_tasks_survive_a_new_store_on_the_same_database(tmp_path):
     async def first():
         store = TaskStore(str(tmp_path / "t.db"))
