@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from . import logs
 from .batching import BatchSpec
 from .discovery import AppFunction, Discovery
 from .errors import AppCodeError, AppError, InvalidInput
@@ -265,7 +266,9 @@ async def _dev_run(host: AppHost, call: Call) -> int:
         signal.signal(signal.SIGINT, _quit_now)
         raise
     finally:
-        await host.close()
+        # What `unload` prints is a log line, not part of the output JSON on stdout.
+        with logs.capture(lambda line: print(line, file=sys.__stderr__, flush=True)):
+            await host.close()
     return 1
 
 

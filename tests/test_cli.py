@@ -271,3 +271,19 @@ def test_serve_says_ready_only_once_the_proxy_routes_the_app(monkeypatch):
     assert _proxy_url("::", 8000) == "http://[::1]:8000"
     assert _proxy_url("10.1.2.3", 80) == "http://10.1.2.3:80"
     assert _proxy_url("[::1]", 80) == "http://[::1]:80"
+
+
+def test_what_unload_prints_goes_to_stderr_and_stdout_stays_the_output_json(tmp_path):
+    (tmp_path / "inference.py").write_text(
+        "import logging\n"
+        "from pydantic import BaseModel\n"
+        "class In(BaseModel):\n    text: str\n"
+        "class App:\n"
+        "    def run(self, input_data: In) -> In:\n        return input_data\n"
+        "    def unload(self) -> None:\n"
+        "        print('unloading')\n        logging.getLogger('app').warning('freed')\n"
+    )
+    result = cli("app", "dev", str(tmp_path), "--input", '{"text": "hi"}')
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"text": "hi"}  # `app dev ... | jq` works
+    assert result.stderr.endswith("unloading\nWARNING app: freed\n")
