@@ -171,17 +171,23 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"setup config: {setup.model.__name__} ({', '.join(_field_names(setup.model))})", file=out)
     if args.verbose:
         _print_rules(discovery)
-    if not discovery.functions:
-        raise AppError(
-            "no functions found: a function is a public method taking one pydantic input model and "
-            "returning a pydantic output model" + ("" if args.verbose else " (run with --verbose to see each method)")
-        )
-    print(f"{len(discovery.functions)} function(s):", file=out)
+    if discovery.functions:
+        print(f"{len(discovery.functions)} function(s):", file=out)
     for name, fn in discovery.functions.items():
         default = " (default)" if name == discovery.default_function else ""
         arrow = "yields" if fn.call_kind == "generator" else "->"
         batched = f", {fn.batch.describe()}" if fn.batch else ""
         print(f"  ✓ {name}{default}: {fn.input_model.__name__} {arrow} {fn.output_model.__name__}{batched}", file=out)
+    skipped = {} if args.verbose else discovery.skipped
+    for name, why in skipped.items():
+        print(f"  ✗ {name} skipped: {why}", file=out)
+    if not discovery.functions:
+        raise AppError(
+            "no functions found: a function is a public method taking one pydantic input model and "
+            "returning a pydantic output model" + ("" if args.verbose or skipped else " (run with --verbose to see each method)")
+        )
+    if skipped:
+        print("  note: a public method not meant as a function is left out quietly with a leading _", file=out)
     if discovery.default_function is None:
         print("  note: no `run` function, so every call must name its function", file=out)
     return 0

@@ -84,6 +84,13 @@ class MethodReport:
     def discovered(self) -> bool:
         return self.function is not None
 
+    @property
+    def why_skipped(self) -> Optional[str]:
+        """Why a public method that is not setup or unload is not a function; None for the others."""
+        if self.discovered or self.name.startswith("_") or self.name in RESERVED:
+            return None
+        return next(rule.text for rule in self.rules if not rule.passed)
+
     def check(self, passed: bool, ok: str, failed: str) -> bool:
         self.rules.append(Rule(ok if passed else failed, passed))
         return passed
@@ -107,6 +114,11 @@ class Discovery:
     @property
     def default_function(self) -> Optional[str]:
         return DEFAULT_FUNCTION if DEFAULT_FUNCTION in self.functions else None
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Public methods that are not functions, and why: an author's mistake, or a helper to make private."""
+        return {report.name: why for report in self.reports if (why := report.why_skipped) is not None}
 
     def with_batching(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Discovery":
         """These functions with batch sizes and wait times overridden, e.g. `{"embed": {"max_batch_size": 64}}`."""
@@ -229,6 +241,10 @@ def _inputs_problem(params: list[inspect.Parameter], inputs: list[inspect.Parame
     if len(inputs) == 1 and inputs[0].kind not in _POSITIONAL:
         # The host passes the input positionally: `def run(self, *, data)` could never be called.
         return f"the input parameter must be positional, and {inputs[0].name!r} is {_NOT_POSITIONAL[inputs[0].kind]}"
+    if len(params) == 2 and params[0].name == "metadata":
+        return "takes `metadata` before the input; put it last: `(self, input_data, metadata)`"
+    if len(params) == 2 and "Metadata" in str(params[1].annotation):
+        return f"names its metadata parameter {params[1].name!r}; name it `metadata`, which is how it is passed"
     return f"takes {len(params)} parameters besides self; expected one input (and optionally `metadata`)"
 
 

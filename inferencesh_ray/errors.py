@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 
 class AppError(Exception):
@@ -14,11 +15,14 @@ class AppLoadError(AppError):
 
 
 class FunctionNotFound(AppError):
-    def __init__(self, name: str | None, known: list[str]) -> None:
+    def __init__(self, name: str | None, known: list[str], skipped: Mapping[str, str] = {}) -> None:
         self.name = name
         self.known = known
         listed = ", ".join(known) or "none"
-        if name is None:
+        why = skipped.get(name or "run")
+        if why is not None:
+            message = f"{name or 'run'!r} is not a function ({why}); this app's functions are: {listed}"
+        elif name is None:
             message = f"this app has no `run` function, so name one; its functions are: {listed}"
         else:
             message = f"unknown function {name!r}; this app's functions are: {listed}"

@@ -189,7 +189,7 @@ class AppHost:
         """The named function, or the default `run`; FunctionNotFound lists the known ones."""
         chosen = name or self.discovery.default_function
         if chosen is None or chosen not in self.functions:
-            raise FunctionNotFound(name, list(self.functions))
+            raise FunctionNotFound(name, list(self.functions), self.discovery.skipped)
         return self.functions[chosen]
 
     def setup_config(self, config: Optional[dict[str, Any]]) -> SetupConfig:

@@ -36,6 +36,9 @@ def test_validate_lists_functions_and_verbose_rules(apps):
     assert "    ✗ missing return type hint" in verbose.stdout
     assert "good: DISCOVERED" in verbose.stdout
     assert "note: no `run` function" in verbose.stdout
+    plain = cli("app", "validate", str(apps / "skips.py"))
+    assert "  ✗ returns_dict skipped: return type dict is not a pydantic model\n" in plain.stdout
+    assert "_private" not in plain.stdout and "note: a public method not meant as a function" in plain.stdout
 
 
 def test_default_path_is_inference_py_in_cwd(tmp_path, apps):
@@ -51,6 +54,7 @@ def test_validate_errors(apps, tmp_path):
     assert missing.returncode == 1 and missing.stderr.startswith("error: app file not found")
     none = cli("app", "validate", str(apps / "no_functions.py"))
     assert none.returncode == 1 and "error: no functions found" in none.stderr
+    assert "✗ helper skipped: input type int is not a pydantic model" in none.stdout  # why, without --verbose
     broken = cli("app", "validate", str(apps / "broken_import.py"))
     assert broken.returncode == 1
     assert "ImportError: the model weights module is missing" in broken.stderr

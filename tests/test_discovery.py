@@ -35,6 +35,23 @@ def test_every_skip_reason_is_named(apps):
     assert any("AsyncGenerator[Model, None]" in text for text in failed(by_name["gen_bad_hint"]))
     assert any("not an instance method" in text for text in failed(by_name["static"]))
     assert any("could not be resolved" in text for text in failed(by_name["unresolvable"]))
+    assert "names its metadata parameter 'meta'; name it `metadata`" in failed(by_name["metadata_misnamed"])[0]
+    assert "takes `metadata` before the input; put it last" in failed(by_name["metadata_first"])[0]
+    # Public methods only: a private helper and setup are left out on purpose.
+    assert discovery.skipped["returns_dict"] == "return type dict is not a pydantic model"
+    assert "_private" not in discovery.skipped and "setup" not in discovery.skipped
+
+
+def test_calling_a_skipped_method_says_why_it_is_not_a_function(apps):
+    from inferencesh_ray.errors import FunctionNotFound
+    from inferencesh_ray.host import AppHost
+    from inferencesh_ray.loader import load_app
+
+    host = AppHost(load_app(str(apps / "skips.py")).app_cls)
+    with pytest.raises(FunctionNotFound, match=r"^'returns_dict' is not a function \(return type dict is not a pydantic"):
+        host.function("returns_dict")
+    with pytest.raises(FunctionNotFound, match=r"^this app has no `run` function, so name one; its functions are: good"):
+        host.function(None)
 
 
 def test_call_kinds_and_default(apps):

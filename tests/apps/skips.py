@@ -4,6 +4,8 @@ from typing import AsyncGenerator
 
 from pydantic import BaseModel
 
+from inferencesh_ray import Metadata
+
 
 class In(BaseModel):
     x: int
@@ -55,4 +57,10 @@ class App:
         return Out(y=1)
 
     def unresolvable(self, data: "Missing") -> Out:  # noqa: F821
+        return Out(y=1)
+
+    def metadata_misnamed(self, data: In, meta: Metadata) -> Out:
+        return Out(y=1)
+
+    def metadata_first(self, metadata: Metadata, data: In) -> Out:
         return Out(y=1)
