@@ -386,7 +386,9 @@ class AppHost:
         try:
             async for snapshot in method(value, **kwargs):
                 last = snapshot
-                emit(Output(await self._publish_outputs(function, snapshot, scope)))
+                emit(Output(await self._publish_outputs(function, snapshot, scope, verb="yielded")))
+        except AppCodeError:
+            raise
         except Exception as exc:
             raise AppCodeError(describe(exc), app_traceback(exc)) from exc
         if last is None:
@@ -424,11 +426,10 @@ class AppHost:
         output: Any,
         scope: Optional[FileScope],
         announce: Optional[Callable[[], None]] = None,
+        verb: str = "returned",
     ) -> Any:
         if not isinstance(output, function.output_model):
-            raise AppCodeError(
-                f"{function.name} returned {type(output).__name__}, expected {function.output_model.__name__}"
-            )
+            raise AppCodeError(f"{function.name} {verb} {type(output).__name__}, expected {function.output_model.__name__}")
         document = dump_model(output)
         slots = file_slots(self.schema_of(function.output_model), document)
         local = [slot for slot in slots if isinstance(slot.value, dict) and slot.value.get("path")]
@@ -436,7 +437,7 @@ class AppHost:
             announce()
         for slot in local:
             if not os.path.isfile(slot.value["path"]):
-                raise AppCodeError(f"{function.name} returned a file that does not exist: {slot.loc} = {slot.value['path']}")
+                raise AppCodeError(f"{function.name} {verb} a file that does not exist: {slot.loc} = {slot.value['path']}")
             slot.set(await self.files.publish(slot.value, scope))
         return document
 

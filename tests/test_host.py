@@ -7,9 +7,11 @@ import base64
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import AsyncGenerator
 
 import pytest
 from helpers import events_of
+from pydantic import BaseModel
 
 from inferencesh_ray.events import Completed, Failed, Log, Output, Running, SettingUp, Uploading
 from inferencesh_ray.host import AppHost, Call
@@ -93,6 +95,20 @@ def test_function_errors_carry_message_and_app_frames(counting):
     assert empty.error == "nothing yielded no output"
     assert "wrong_type returned dict, expected EchoOutput" in wrong.error
     assert isinstance(after, Completed)
+
+
+class Out(BaseModel):
+    text: str
+
+
+class YieldsADict:
+    async def run(self, input_data: Out) -> AsyncGenerator[Out, None]:
+        yield {"text": "not a model"}  # type: ignore[misc]
+
+
+def test_a_generator_yielding_the_wrong_type_is_told_so_in_its_own_words():
+    failed = asyncio.run(events_of(AppHost(YieldsADict), Call("run", {"text": "x"})))[-1]
+    assert isinstance(failed, Failed) and failed.error == "run yielded dict, expected Out"  # not "AppCodeError: ... returned"
 
 
 def test_failing_setup_fails_the_call_and_the_next_config_still_works(counting):
