@@ -93,6 +93,13 @@ class ServeArgs(BaseModel):
     num_replicas: Optional[int] = Field(
         None, ge=1, description="Replicas of each app's deployment; a config's `deployments:` entry overrides it"
     )
+    num_cpus: Optional[float] = Field(
+        None, ge=0, description="CPUs each app replica (and session worker) reserves (Serve's default: 1); "
+        "a config's `deployments:` entry overrides it",
+    )
+    num_gpus: Optional[float] = Field(
+        None, ge=0, description="GPUs each app replica (and session worker) reserves (default 0); a fraction shares one",
+    )
     listen: Optional[str] = Field(
         None,
         description="HOST:PORT where the ingress serves the API itself, without Serve's proxy (~4x less per request); "
@@ -167,7 +174,11 @@ def build(args: ServeArgs) -> Application:
         infos.append({"name": name, "version": spec.version, "schema": functions_schema(discovery), "path": path,
                       "setup_takes_config": discovery.setup.takes_config,
                       "batching": spec.batching})
-        options = {"num_replicas": args.num_replicas} if args.num_replicas else {}
+        options: dict[str, Any] = {"num_replicas": args.num_replicas} if args.num_replicas else {}
+        resources = {key: value for key, value in (("num_cpus", args.num_cpus), ("num_gpus", args.num_gpus))
+                     if value is not None}
+        if resources:
+            options["ray_actor_options"] = resources
         handles[name] = serve.deployment(
             AppReplica, name=name, max_ongoing_requests=APP_MAX_ONGOING_REQUESTS, request_router_config=WARM_ROUTING,
             **options,

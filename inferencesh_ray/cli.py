@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="Serve's proxy listens on this address (default: the config's, else 127.0.0.1)")
     serve.add_argument("--port", type=int, help="Serve's proxy listens on this port (default: the config's, else 8000)")
     serve.add_argument("--replicas", type=int, help="replicas of the app's deployment (default 1)")
+    serve.add_argument("--num-cpus", type=float, help="CPUs each replica and session worker reserves (default 1; "
+                       "a fraction such as 0.5 leaves room for sessions on a small machine)")
+    serve.add_argument("--num-gpus", type=float, help="GPUs each replica and session worker reserves (default 0)")
     serve.add_argument("--listen", metavar="HOST:PORT",
                        help="the ingress also serves the API itself here, without Serve's proxy (faster)")
     serve.add_argument("--address", help="join this Ray cluster instead of starting a local one")
@@ -127,6 +130,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     if args.replicas is not None and args.replicas < 1:
         raise UsageError("--replicas must be at least 1")
+    for flag, value in (("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus)):
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} must be 0 or more")
     if args.listen is not None:
         try:
             parse_address(args.listen)
@@ -134,6 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
             raise UsageError(f"--listen: {exc}") from exc
     if Path(args.target).suffix in (".yaml", ".yml"):
         given = [flag for flag, value in [("--name", args.name), ("--replicas", args.replicas),
+                 ("--num-cpus", args.num_cpus), ("--num-gpus", args.num_gpus),
                  ("--data-dir", args.data_dir), ("--storage", args.storage), ("--api-keys-file", args.api_keys_file),
                  ("--listen", args.listen)]
                  if value is not None]
@@ -145,6 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         replicas=args.replicas,
+        resources={"num_cpus": args.num_cpus, "num_gpus": args.num_gpus},
         address=args.address,
         data_dir=args.data_dir,
         storage=args.storage,

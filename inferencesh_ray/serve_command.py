@@ -24,6 +24,7 @@ def serve_forever(
     host: Optional[str],
     port: Optional[int],
     replicas: Optional[int],
+    resources: Optional[dict[str, Optional[float]]] = None,
     address: Optional[str],
     data_dir: Optional[str],
     storage: Optional[str],
@@ -60,7 +61,9 @@ def serve_forever(
             names = _deploy_config(config, host, port)
             routed = _routed_names(config)
         else:
-            names = routed = [_deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file, listen)]
+            args = {"path": target, "name": name, "num_replicas": replicas, "api_keys_file": api_keys_file,
+                    "storage": storage, "listen": listen, "data_dir": data_dir, **(resources or {})}
+            names = routed = [_deploy_path(host, port, {key: value for key, value in args.items() if value is not None})]
         proxy = _running_proxy(host, port)
         if not _wait_running(names, stop):
             return 1
@@ -122,14 +125,13 @@ def _check_app(target: str) -> None:
         raise AppError(f"cannot serve {target}: no functions found (run `infsh-ray app validate --verbose`)")
 
 
-def _deploy_path(target, name, host, port, replicas, data_dir, storage, api_keys_file, listen) -> str:
+def _deploy_path(host: str, port: int, given: dict[str, Any]) -> str:
     from ray import serve
 
     from .builder import ServeArgs, build
 
-    args = ServeArgs(path=target, name=name, num_replicas=replicas, api_keys_file=api_keys_file, storage=storage,
-                     listen=listen, **({"data_dir": data_dir} if data_dir else {}))
-    app_name = args.apps[0].name or _default_name(target)
+    args = ServeArgs(**given)
+    app_name = args.apps[0].name or _default_name(given["path"])
     serve.start(http_options={"host": host, "port": port})
     serve.run(build(args), name=app_name, route_prefix="/")
     return app_name

@@ -142,7 +142,8 @@ def not_started(options: dict[str, Any]) -> str:
     """Why a worker was not running in time: most often, no node has room for what it asks."""
     asks = {name: options[name] for name in ("num_cpus", "num_gpus", "memory", "resources") if options.get(name)}
     return (f"not running within {_START_TIMEOUT_S:.0f} s: a session's worker asks for what its app's "
-            f"deployment asks ({asks or 'nothing'}), and no node may have that free")
+            f"deployment asks ({asks or 'nothing'}), and no node may have that free; the server can ask less "
+            f"(`infsh-ray serve --num-cpus 0.5`, or the deployment's ray_actor_options) or add nodes")
 
 
 def end_all_sessions(reason: str = "the server shut down") -> int:

@@ -165,6 +165,19 @@ def test_a_relative_api_keys_file_is_pinned_when_the_app_is_built(tmp_path, monk
         ServeArgs(path="app.py", api_keys_file="nope.txt")
 
 
+def test_num_cpus_and_num_gpus_reach_each_app_replica_and_not_the_ingress(apps):
+    from inferencesh_ray.builder import build
+
+    ingress = build(ServeArgs(path=str(apps / "counting.py"), num_cpus=0.25, num_gpus=0.5))._bound_deployment
+    replica = ingress.init_args[1]["counting"]._bound_deployment
+    assert replica.ray_actor_options == {"num_cpus": 0.25, "num_gpus": 0.5}
+    assert ingress.ray_actor_options == {"num_cpus": 1}
+    default = build(ServeArgs(path=str(apps / "counting.py")))._bound_deployment.init_args[1]["counting"]
+    assert default._bound_deployment.ray_actor_options == {"num_cpus": 1}  # Serve's own default, untouched
+    refused = cli("serve", str(apps / "counting.py"), "--num-gpus", "-1")
+    assert (refused.returncode, refused.stderr) == (2, "error: --num-gpus must be 0 or more\n")
+
+
 def test_a_module_reference_resolves_from_the_current_directory_under_the_console_script(tmp_path):
     (tmp_path / "pkgapp").mkdir()
     (tmp_path / "pkgapp" / "__init__.py").write_text("")

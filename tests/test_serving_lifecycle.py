@@ -108,7 +108,7 @@ def test_infsh_ray_serve_blocks_until_sigterm_then_unloads(ray_serve, tmp_path):
     unloads_before = ray_serve.lifecycle().count("unload:a")
     process = subprocess.Popen(
         [sys.executable, "-m", "inferencesh_ray.cli", "serve", str(APPS / "counting.py"), "--name", "cli-app",
-         "--address", ray_serve.address, "--data-dir", str(tmp_path)],
+         "--address", ray_serve.address, "--data-dir", str(tmp_path), "--num-cpus", "0.5"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True,
     )
     try:

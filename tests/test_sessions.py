@@ -501,7 +501,8 @@ def test_a_worker_not_started_in_time_is_explained_by_the_resources_it_asked_for
 
     message = not_started({"num_cpus": 1.0, "num_gpus": 0, "resources": {"head": 1}, "runtime_env": {"pip": ["x"]}})
     assert message == ("not running within 20 s: a session's worker asks for what its app's deployment asks "
-                       "({'num_cpus': 1.0, 'resources': {'head': 1}}), and no node may have that free")
+                       "({'num_cpus': 1.0, 'resources': {'head': 1}}), and no node may have that free; the server "
+                       "can ask less (`infsh-ray serve --num-cpus 0.5`, or the deployment's ray_actor_options) or add nodes")
     assert "(nothing)" in not_started({"num_cpus": 0})
 
 
