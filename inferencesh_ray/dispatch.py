@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
+from .background import spawn
 from .events import Cancelled, Failed, TaskEvent
 from .host import Call
 from .recent import RecentTasks
@@ -145,8 +146,8 @@ class Dispatcher:
         self._ensure_heartbeat()
         call = replace(call, metadata={**call.metadata, "task_id": task_id, "session_id": fields.get("session_id")})
         attempt = uuid.uuid4().hex
-        created = self._created[task_id] = asyncio.ensure_future(self._create(owner, fields, task_id, attempt))
-        drive = self._running[task_id] = asyncio.create_task(
+        created = self._created[task_id] = spawn(self._create(owner, fields, task_id, attempt))
+        drive = self._running[task_id] = spawn(
             self._drive(owner, task_id, backend, call, setup_key, created, exclusive, abandon))
         self._unfinished[app] += 1
         # A callback, not the drive's `finally`: it runs also for a drive cancelled before it started.
@@ -178,7 +179,7 @@ class Dispatcher:
     def _in_background(self, work: Optional[Callable[[], Awaitable[Any]]]) -> None:
         if work is None:
             return
-        running = asyncio.ensure_future(work())
+        running = spawn(work())
         self._background.add(running)
 
         def done(future: asyncio.Future) -> None:
@@ -304,7 +305,7 @@ class Dispatcher:
 
     def _ensure_heartbeat(self) -> None:
         if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.create_task(self._beat())
+            self._heartbeat = spawn(self._beat())
 
     async def _beat(self) -> None:
         while True:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
+from .background import spawn
 from .code_version import LOADED
 from .store import now_iso
 
@@ -131,8 +132,10 @@ class SessionRegistry:
         self._active[session.id] = session
         try:
             session.worker_id = await self._workers.start(session.id, spec)
-        except Exception as exc:
+        except BaseException as exc:
             del self._active[session.id]
+            if not isinstance(exc, Exception):
+                raise  # cancelled, as Serve cancels a request's actor calls when its client leaves: no session
             return {"refused": f"the session's worker could not start ({type(exc).__name__}: {exc})"}
         # Idle from now on until its first call begins: a caller gone while it opened (the
         # request cancelled, this call running on) would otherwise hold it open forever.
@@ -221,7 +224,11 @@ class SessionRegistry:
         # that took a call, or was ended by its client, meanwhile is no longer one to end.
         for session, reason in ending:
             self._end(session, status, reason)
-        await asyncio.gather(*(self._workers.release(session.id) for session, _ in ending))
+        # Apart from the caller: one that leaves (its call cancelled) must not leave a detached worker behind.
+        await asyncio.shield(spawn(self._release([session.id for session, _ in ending])))
+
+    async def _release(self, session_ids: list[str]) -> None:
+        await asyncio.gather(*(self._workers.release(session_id) for session_id in session_ids))
 
     def _end(self, session: Session, status: str, reason: str) -> None:
         self._active.pop(session.id, None)
@@ -247,7 +254,7 @@ class SessionRegistry:
 
     def _ensure_reaper(self) -> None:
         if self._reaper is None or self._reaper.done():
-            self._reaper = asyncio.ensure_future(self._reap_forever())
+            self._reaper = spawn(self._reap_forever())  # its releases are no caller's to cancel
 
     async def _reap_forever(self) -> None:
         while True:

@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse
 
+from .background import spawn
 from .catalog import AppInfo
 from .dispatch import Backend, Dispatcher
 from .events import Completed, Failed, TaskEvent
@@ -73,7 +74,7 @@ class Sessions:
             # Once entered, the backend ends the call in the registry, whatever happens to the task's record.
             return await dispatcher.submit(owner, admitted.backend, call, setup_key, fields, task_id, exclusive,
                                            abandon=lambda: self._abandon(admitted.session_id, owner, session == "new"))
-        admission = asyncio.ensure_future(self.admit(owner, app, session, None, task_id))
+        admission = spawn(self.admit(owner, app, session, None, task_id))
         fields = {**fields, "session_id": session, "session_timeout": known[2]}
         # Nothing awaited since `ensure_room`, so this submit is not refused for room.
         task = await dispatcher.submit(owner, self._once_admitted(admission), call, setup_key, fields, task_id)
@@ -145,7 +146,7 @@ class Sessions:
             await self.registry.end_call(admitted.session_id, False)
 
         # Tracked from now, not from the admission's answer: `close` waits for both.
-        ending = asyncio.ensure_future(end_once_admitted())
+        ending = spawn(end_once_admitted())
         self._releasing.add(ending)
         ending.add_done_callback(self._releasing.discard)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Optional
 
+from .background import spawn
+
 
 class StoreUnavailable(Exception):
     """The store's call failed as a whole (the store restarting or unreachable, or its transaction not
@@ -42,7 +44,7 @@ class StoreWrites:
         done = asyncio.get_running_loop().create_future()
         self._pending.append((op, args, done))
         if self._sending is None or self._sending.done():
-            self._sending = asyncio.create_task(self._send())
+            self._sending = spawn(self._send())  # its batches carry other requests' writes too
         return await done
 
     async def _send(self) -> None:

@@ -351,3 +351,39 @@ def test_closing_waits_for_what_a_call_that_did_not_run_prepared_to_be_undone(tm
         return undone
 
     assert asyncio.run(main()) == ["end_call"]
+
+
+def test_a_task_is_recorded_and_run_apart_from_the_request_that_submitted_it(tmp_path):
+    """Ray finds a call's parent task through the context, and Serve cancels a request's
+    calls with it when its client leaves: the store writes (which carry other requests'
+    writes too) and the replica call must not be made in the request's context."""
+    import contextvars
+
+    request = contextvars.ContextVar("request", default=None)
+    seen: list[tuple[str, object]] = []
+
+    class Watched(CountingStore):
+        def __getattr__(self, name):
+            call = super().__getattr__(name)
+
+            async def watched(*args):
+                seen.append((name, request.get()))
+                return await call(*args)
+
+            return watched
+
+    async def backend(call, setup_key):
+        seen.append(("replica", request.get()))
+        yield Completed({"done": True})
+
+    async def main():
+        dispatcher = Dispatcher(Watched(tmp_path / "t.db"), {"app": backend})
+        request.set("POST /apps/run")
+        await dispatcher.submit("me", backend, Call("run", {}), "", {"input": {}})
+        while dispatcher._running:
+            await asyncio.sleep(0.01)
+        await dispatcher.close()
+
+    asyncio.run(main())
+    assert ("replica", None) in seen and ("write", None) in seen
+    assert all(value is None for _, value in seen), seen

@@ -144,6 +144,52 @@ def test_a_redeploy_with_other_settings_reaches_the_registry_it_finds(ray_serve,
         serve.delete("resized")
 
 
+def test_a_client_that_leaves_while_its_session_opens_leaves_no_session_behind(ray_serve, tmp_path):
+    """Serve cancels a request's actor calls with it when its client leaves: the session being
+    opened stayed live with no worker, never idle, filling max_sessions until a restart (then 429s)."""
+    url = ray_serve.deploy("leaving", path=str(APPS / "slow_start_app.py"), data_dir=str(tmp_path), max_sessions=1)
+    body = {"app": "slow-start-app", "input": {"text": "a"}, "session": "new"}
+    marker = ray_serve.events.with_name("slow-start")
+    marker.touch()  # the session's worker now takes a minute to start
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/apps/run", json=body, timeout=2)
+        marker.unlink()
+        time.sleep(1)
+        reopened = httpx.post(f"{url}/apps/run", json=body, timeout=60)
+        assert reopened.status_code == 200, reopened.text  # the slot the first one took is free again
+        session = reopened.json()["data"]["session_id"]
+        assert [s["id"] for s in httpx.get(f"{url}/sessions").json()["data"]] == [session]
+        httpx.delete(f"{url}/sessions/{session}")
+    finally:
+        marker.unlink(missing_ok=True)
+        serve.delete("leaving")
+
+
+def test_a_session_ended_by_a_client_that_leaves_still_unloads(ray_serve, tmp_path):
+    """Serve cancelled the registry's call with the DELETE, and with it the worker's `unload`
+    under way: the worker was killed mid-unload."""
+    url = ray_serve.deploy("left-ending", path=str(APPS / "slow_start_app.py"), data_dir=str(tmp_path))
+    try:
+        opened = httpx.post(f"{url}/apps/run", json={"app": "slow-start-app", "input": {"text": "a"}, "session": "new"},
+                            timeout=60).json()["data"]
+        done = wait_for(lambda: (task := httpx.get(f"{url}/tasks/{opened['id']}").json()["data"])["output"] and task)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.delete(f"{url}/sessions/{opened['session_id']}", timeout=0.3)  # gone while it unloads (1 s)
+        wait_for(lambda: f"slow-unload-done:{done['output']['text']}" in ray_serve.lifecycle())
+        wait_for(lambda: not _alive(worker_name(opened["session_id"])))
+    finally:
+        serve.delete("left-ending")
+
+
+def _alive(name: str) -> bool:
+    try:
+        ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    return True
+
+
 def test_before_our_ray_stops_every_live_session_ends_and_its_app_unloads(server, ray_serve):
     """`infsh-ray serve` and `make serve` call this before stopping the Ray they started."""
     from inferencesh_ray.session_worker import end_all_sessions

@@ -448,6 +448,56 @@ def test_a_session_opened_for_a_caller_that_left_expires_when_idle(tmp_path):
     assert asyncio.run(body())["status"] == "expired"
 
 
+def test_an_open_cancelled_while_its_worker_starts_leaves_no_session_behind(tmp_path):
+    """Serve cancels a request's actor calls with it (recursively) when its client leaves: the
+    session stayed live with no worker, never idle, holding a slot of max_sessions until a restart."""
+    starting = asyncio.Event()
+
+    class SlowStart(_NoWorkers):
+        async def start(self, session_id, spec) -> str:
+            starting.set()
+            await asyncio.sleep(3600)
+
+    async def body():
+        registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), SlowStart(), limit=1, reap_every_s=3600)
+        opening = asyncio.create_task(registry.open("o", "app", "latest", 60, None))
+        await starting.wait()
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        registry._workers = _NoWorkers()
+        return await registry.list("o"), await registry.open("o", "app", "latest", 60, None)
+
+    listed, reopened = asyncio.run(body())
+    assert listed == [] and reopened is not None and reopened["status"] == "active"  # the slot is free
+
+
+def test_ending_a_session_runs_to_its_end_when_the_caller_leaves(tmp_path):
+    """A DELETE whose client left (its actor call cancelled) stopped waiting on the worker's
+    release, and the detached worker, never killed, held its resources."""
+    released: list[str] = []
+    unloading = asyncio.Event()
+
+    class SlowRelease(_NoWorkers):
+        async def release(self, session_id) -> None:
+            unloading.set()
+            await asyncio.sleep(0.2)
+            released.append(session_id)
+
+    async def body():
+        registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), SlowRelease(), reap_every_s=3600)
+        session = (await registry.open("o", "app", "latest", 60, None))["id"]
+        ending = asyncio.create_task(registry.end(session, "o"))
+        await unloading.wait()
+        ending.cancel()
+        await asyncio.gather(ending, return_exceptions=True)
+        await asyncio.sleep(0.3)
+        return session, (await registry.get(session, "o"))["status"]
+
+    session, status = asyncio.run(body())
+    assert status == "ended" and released == [session]
+
+
 def test_the_reaper_ends_what_was_idle_before_it_waits_on_any_release(tmp_path):
     """A release takes up to 30 s: a session due with others took a call meanwhile and was then
     expired while running it. Now all due sessions end at once, and a late call is refused."""
