@@ -26,7 +26,7 @@ from .file_access import FileScope
 from .files_api import files_router
 from .host import Call
 from .idempotency import HEADER, REPLAYED_HEADER, OneAtATime, check_same_request, key_of, task_id_for
-from .json_codec import dumps, dumps_ascii
+from .json_codec import dumps, dumps_ascii, request_problem
 from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
 from .recent import RecentTasks
@@ -99,6 +99,9 @@ def create_api(
     api.include_router(sessions.router(owner))
 
     async def run(body: RunRequest, request: Request, caller: str, ref: Optional[str]) -> JSONResponse:
+        for where, value in (("input", body.input), ("setup", body.setup)):
+            if problem := request_problem(value, where):
+                raise ApiProblem(400, "invalid_request", problem)
         app, function = catalog.resolve(ref, body.function)
         data, setup, setup_key = catalog.validate(app, function, body.input or {}, body.setup)
         refused = await files.check(app.functions[function]["input_schema"], data, caller)

@@ -10,13 +10,17 @@ what orjson refuses or misreads (integers past 64 bits, lone surrogates, NaN wri
 from __future__ import annotations
 
 import json
+import math
 import re
-from typing import Any
+from typing import Any, Optional
 
 import orjson
 
 _NON_ASCII = re.compile("[^\x00-\x7f]")
 _LONG_NUMBER = re.compile(rb"\d{19}")  # orjson reads integers past 64 bits as floats
+# A task's input crosses Ray inside a few more levels; ~490 levels of lists already failed
+# its serialization there (as a 503, as if the store were down), so requests stop far short.
+MAX_DEPTH = 128
 
 
 def dumps(value: Any) -> bytes:
@@ -42,6 +46,30 @@ def loads(data: "str | bytes") -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:  # NaN and Infinity, escaped lone surrogates
         return json.loads(data)
+
+
+def request_problem(value: Any, where: str) -> Optional[str]:
+    """Why `value`, read from a request, cannot be a task's JSON: nested over MAX_DEPTH levels,
+    or holding NaN or Infinity (which `json` reads, though they are not JSON); None if it can."""
+    stack: list[tuple[Any, int, Any]] = [(value, 0, (where,))] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth, path = stack.pop()
+        if depth == MAX_DEPTH:
+            return f"{where} is nested more than {MAX_DEPTH} levels deep"
+        for key, child in item.items() if isinstance(item, dict) else enumerate(item):
+            if type(child) is float and not math.isfinite(child):
+                return f"{_dotted((path, key))}: {child} is not JSON (there is no NaN or Infinity); send a number or null"
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1, (path, key)))
+    return None
+
+
+def _dotted(path: Any) -> str:
+    keys = []
+    while len(path) == 2:
+        path, key = path
+        keys.append(str(key))
+    return ".".join([path[0], *reversed(keys)])
 
 
 def _escape(match: "re.Match[str]") -> str:

@@ -30,6 +30,7 @@ import httpx
 from .errors import FieldError
 from .file_access import DataUri, FileFetchError, FileScope, as_file_dict, describe_local, parse_data_uri, write_data_uri
 from .file_fields import file_slots
+from .files import FILE_KEYS
 from .json_codec import dumps, loads
 from .signing import UrlSigner
 from .storage import FileStore, StoredFile, safe_filename
@@ -96,6 +97,10 @@ class ServerFiles:
     def resolve(self, value: Any, owner: str) -> Source:
         """Where an input file value may be read from, for `owner`; FileFetchError says why not."""
         given = as_file_dict(value) if isinstance(value, (str, dict)) else {}
+        unknown = sorted(set(given) - set(FILE_KEYS))
+        if unknown:  # the replica's File would refuse them, after the task exists
+            raise FileFetchError(f"unknown file keys {unknown}; give the file's `uri` (an object takes "
+                                 "only uri, content_type, size and filename)")
         if given.get("path"):
             raise FileFetchError("a server takes files by `uri`, never by `path`; upload the file (POST /files) first")
         uri = given.get("uri")

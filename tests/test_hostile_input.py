@@ -50,6 +50,13 @@ async def _chunks(chunk: bytes, count: int):
         yield chunk
 
 
+def _nested(depth):
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 def run_with(image, **extra):
     return ("POST", "/apps/run", {"json": {"app": "file-app", "function": "inspect", "input": {"image": image, **extra}}})
 
@@ -60,6 +67,14 @@ CASES = [
     ("oversized body, chunked", ("POST", "/apps/run", {"content": "CHUNKED"}), 413, "limit"),
     ("deep JSON nesting", ("POST", "/apps/run", {"content": b'{"app":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
                                                   "headers": {"content-type": "application/json"}}), 400, "nested too deeply"),
+    ("deep nesting in the input, parsed", run_with("data:,x", extra=_nested(128)), 400,
+     "input is nested more than 128 levels deep"),
+    ("NaN in the input", ("POST", "/apps/run", {"content": b'{"app": "file-app:inspect", "input": {"image": "data:,x", '
+                                                           b'"extra": [1, NaN]}}', "headers": {"content-type": "application/json"}}),
+     400, "input.extra.1: nan is not JSON"),
+    ("Infinity in the setup", ("POST", "/apps/run", {"content": b'{"app": "file-app:inspect", "input": {"image": "data:,x"}, '
+                                                                b'"setup": {"s": -Infinity}}', "headers": {"content-type": "application/json"}}),
+     400, "setup.s: -inf is not JSON"),
     ("huge string in a field", run_with("data:text/plain;base64," + "A" * (2 << 20)), 413, "limit"),
     ("wrong type", run_with(42), 422, "input.image: expected a file"),
     ("wrong type of a list", run_with("data:,x", extra="nope"), 422, "input.extra"),
@@ -69,6 +84,8 @@ CASES = [
     ("dot-dot path in a file field", run_with("../../etc/passwd"), 422, "is refused"),
     ("absolute path in a file field", run_with("/etc/passwd"), 422, "is refused"),
     ("file:// URI in a file field", run_with("file:///etc/passwd"), 422, "is refused"),
+    ("unknown keys in a file object", run_with({"uri": "data:,x", "id": "f1", "upload_url": "u"}), 422,
+     "input.image: unknown file keys ['id', 'upload_url']; give the file's `uri`"),
     ("path key in a file field", run_with({"uri": "data:,x", "path": "/etc/shadow"}), 422, "never by `path`"),
     ("loopback URL", run_with("http://127.0.0.1:8265/api/jobs/"), 422, "is refused"),
     ("link-local URL", run_with("http://169.254.169.254/latest/meta-data/"), 422, "is refused"),
