@@ -56,6 +56,7 @@ class RunRequest(BaseModel):
     setup: Optional[dict[str, Any]] = Field(None, description="Setup config; replicas warm with it serve the task")
     session: Optional[str] = Field(None, description='"new", or a session id')
     session_timeout: Optional[int] = Field(None, description="Idle timeout of a new session, 1-3600 s")
+    version_id: Optional[str] = Field(None, description="The app's version, when `app` has no @version")
 
 
 class _Envelope(JSONResponse):
@@ -102,7 +103,7 @@ def create_api(
         for where, value in (("input", body.input), ("setup", body.setup)):
             if problem := request_problem(value, where):
                 raise ApiProblem(400, "invalid_request", problem)
-        app, function = catalog.resolve(ref, body.function)
+        app, function = catalog.resolve(ref, body.function, body.version_id)
         data, setup, setup_key = catalog.validate(app, function, body.input or {}, body.setup)
         refused = await files.check(app.functions[function]["input_schema"], data, caller)
         if refused:

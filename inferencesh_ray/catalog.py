@@ -64,14 +64,16 @@ class AppCatalog:
                             apps=list(self._apps))
         return self._apps[name]
 
-    def resolve(self, ref: Optional[str], function: Optional[str]) -> tuple[AppInfo, str]:
-        """The app and function a run request names; the `function` field wins over `:function`."""
+    def resolve(self, ref: Optional[str], function: Optional[str], version: Optional[str] = None) -> tuple[AppInfo, str]:
+        """The app and function a run request names; the `function` field wins over `:function`,
+        and `@version` over the `version_id` field."""
         if not ref:
             raise ApiProblem(400, "invalid_request", "name the app to run: `app` (name[@version][:function]) or `app_id`")
         parsed = parse_ref(ref)
         app = self.app(parsed.name)
-        if parsed.version not in (None, LATEST, app.version):
-            raise not_found(f"app {app.name!r} has no version {parsed.version!r}; versions: {app.version}",
+        wanted = parsed.version or version
+        if wanted not in (None, LATEST, app.version):
+            raise not_found(f"app {app.name!r} has no version {wanted!r}; versions: {app.version}",
                             versions=[app.version])
         chosen = function or parsed.function or DEFAULT_FUNCTION
         if chosen not in app.functions:

@@ -456,3 +456,19 @@ def test_a_read_the_task_store_cannot_answer_is_a_503_not_a_500(apps, tmp_path):
     response = scenario(apps, tmp_path, body)
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert response.json()["type"] == "/errors/unavailable"
+
+
+def test_a_version_is_named_by_at_version_or_by_version_id(apps, tmp_path):
+    """wire-protocol.md lists `version_id` among the run request's fields; it was ignored."""
+
+    async def body(client):
+        answers = []
+        for extra in ({"app": "counting@latest"}, {"app_id": "counting", "version_id": "latest"},
+                      {"app_id": "counting", "version_id": "v2"}, {"app": "counting@v3", "version_id": "latest"}):
+            answers.append(await client.post("/apps/run", json={**extra, "input": {"text": "x"}}))
+        return [(a.status_code, a.json().get("detail")) for a in answers]
+
+    answers = scenario(apps, tmp_path, body)
+    assert [status for status, _ in answers] == [200, 200, 404, 404]
+    assert answers[2][1] == "app 'counting' has no version 'v2'; versions: latest"
+    assert answers[3][1] == "app 'counting' has no version 'v3'; versions: latest"  # @version wins
