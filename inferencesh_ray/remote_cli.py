@@ -166,6 +166,8 @@ def _task_stream(args: argparse.Namespace) -> int:
 
 @_remote
 def _files_upload(args: argparse.Namespace) -> int:
+    if os.path.isdir(args.path):
+        raise UsageError(f"{args.path} is a directory; upload its files one by one")
     if not os.path.isfile(args.path):
         raise UsageError(f"no such file: {args.path}")
     _print_json(_client(args).files.upload(args.path))

@@ -522,6 +522,10 @@ def test_heartbeats_alone_stall_a_connection_and_the_deadline_bounds_everything(
     clock.now += 2
     with pytest.raises(WaitTimeout, match="did not finish within 1 s"):
         late.reconnect_delay()
+    brief = TaskWatch("t", StreamOptions(timeout=0.001), stream_timeout=60, clock=clock)
+    clock.now += 1
+    with pytest.raises(WaitTimeout, match="did not finish within 0.001 s"):  # it said "within 0 s"
+        brief.reconnect_delay()
 
 
 class ScriptedStreams:
@@ -971,3 +975,24 @@ def test_an_async_download_never_waits_on_the_disk_on_its_event_loop():
 
     ticks, written = asyncio.run(scenario())
     assert written == 10 and ticks >= 10  # the loop kept turning while the disk was busy
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_params_or_a_key_no_server_takes_are_refused_before_anything_is_sent(mode):
+    """A non-ASCII key raised a bare UnicodeEncodeError from httpx, and params given as the app's
+    name an AttributeError."""
+    seen: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda request: seen.append(request) or httpx.Response(500))
+    client = (inference if mode == "sync" else async_inference)(base_url="http://s.test", transport=transport)
+
+    def run(params, **options):
+        ran = client.run(params, wait=False, **options)
+        return asyncio.run(ran) if mode == "async" else ran
+
+    with pytest.raises(ValueError, match=r"idempotency_key must be 1-255 printable ASCII characters, not 'é'"):
+        run({"app": "a", "input": {}}, idempotency_key="é")
+    with pytest.raises(ValueError, match="1-255 printable ASCII"):
+        run({"app": "a", "input": {}}, idempotency_key="k" * 256)
+    with pytest.raises(TypeError, match=r"params must be a dict such as \{'app': 'name', 'input': \{...\}\}, not str"):
+        run("image-model")
+    assert seen == []

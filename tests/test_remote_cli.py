@@ -159,6 +159,14 @@ def test_files_upload_and_run_with_a_local_file(files_server, tmp_path):
     assert httpx.get(output["uri"]).content == b"\x89PNG cli"[::-1]
 
 
+def test_usage_errors_of_upload_and_run_say_what_is_wrong(tmp_path):
+    directory = cli("http://127.0.0.1:9", "files", "upload", str(tmp_path))
+    assert (directory.returncode, directory.stderr) == (2, f"error: {tmp_path} is a directory; upload its files one by one\n")
+    key = cli("http://127.0.0.1:9", "app", "run", "a", "-i", "{}", "--idempotency-key", "é")
+    assert key.returncode == 2
+    assert key.stderr == "error: idempotency_key must be 1-255 printable ASCII characters, not 'é'\n"
+
+
 def wait_running(url: str, proc: subprocess.Popen, stderr_lines: list[str]) -> str:
     """The id of the task the CLI created, once it runs."""
     line = proc.stderr.readline()

@@ -11,7 +11,7 @@ from typing import IO, Any, AsyncIterator, Optional, Union
 import httpx
 
 from ..files import File
-from ._base import InputSchemas, StreamHandle, client_options, file_url_request, idempotency_headers, run_body, stream_request
+from ._base import InputSchemas, StreamHandle, client_options, file_url_request, run_headers, run_body, stream_request
 from ._config import DEFAULT_MAX_RETRIES, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
@@ -176,7 +176,7 @@ class AsyncTasks:
     ) -> Union[dict[str, Any], AsyncTaskStream]:
         """As `Tasks.run`: the completed task, the created task (`wait=False`) or an AsyncTaskStream (`stream=True`)."""
         options = StreamOptions(auto_reconnect, max_reconnects, reconnect_delay_ms, timeout)
-        key = idempotency_headers(idempotency_key)
+        key = run_headers(params, idempotency_key)
         files = InputFiles(params.get("input"))
         if files.pending:  # only then is the schema worth a request: which of them are in file fields?
             files = InputFiles(params.get("input"), await self._input_schema(params))

@@ -3,6 +3,7 @@ stream handle's state. Only sending differs between them."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, Optional, Union
@@ -42,8 +43,16 @@ def file_url_request(
     return request
 
 
-def idempotency_headers(key: Optional[str]) -> dict[str, str]:
-    """The run's Idempotency-Key: `key`, else a new one, so the run can be sent again safely."""
+_KEY = re.compile(r"[\x20-\x7e]{1,255}")  # as the server checks it; HTTP headers are ASCII
+
+
+def run_headers(params: Any, key: Optional[str]) -> dict[str, str]:
+    """The run's Idempotency-Key: `key`, else a new one, so the run can be sent again safely.
+    A TypeError or ValueError, before anything is sent, for params or a key no server takes."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict such as {{'app': 'name', 'input': {{...}}}}, not {type(params).__name__}")
+    if key is not None and not (isinstance(key, str) and _KEY.fullmatch(key)):
+        raise ValueError(f"idempotency_key must be 1-255 printable ASCII characters, not {key!r}")
     return {"Idempotency-Key": key or uuid.uuid4().hex}
 
 

@@ -145,7 +145,7 @@ class TaskWatch:
         """Seconds to wait before connecting again; raises when out of time or out of attempts."""
         if self.expired:
             raise WaitTimeout(
-                f"task {self.task_id} did not finish within {round(self.options.timeout, 2):g} s; "
+                f"task {self.task_id} did not finish within {self.options.timeout:.3g} s; "
                 f"it is still {self._status_name()}: wait on it again, or cancel it",
                 self.last,
             )

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Optional, Union
 import httpx
 
 from ..files import File
-from ._base import InputSchemas, StreamHandle, client_options, file_url_request, idempotency_headers, run_body, stream_request
+from ._base import InputSchemas, StreamHandle, client_options, file_url_request, run_headers, run_body, stream_request
 from ._config import DEFAULT_MAX_RETRIES, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
@@ -214,7 +214,7 @@ class Tasks:
         run you send again later (after a crash, say) the same run.
         """
         options = StreamOptions(auto_reconnect, max_reconnects, reconnect_delay_ms, timeout)
-        key = idempotency_headers(idempotency_key)
+        key = run_headers(params, idempotency_key)
         files = InputFiles(params.get("input"))
         if files.pending:  # only then is the schema worth a request: which of them are in file fields?
             files = InputFiles(params.get("input"), self._input_schema(params))
