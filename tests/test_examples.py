@@ -143,6 +143,16 @@ def test_upscale_and_inpaint_refuse_images_over_the_pixel_limit(image, tmp_path)
     assert "image is 4097x4096, over the 16777216 pixel limit" in error
 
 
+def test_a_file_that_is_no_image_is_refused_naming_its_field_not_the_replicas_path(image, tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.png").write_text("not pixels")
+    Image.new("RGB", (8, 8)).save(tmp_path / "fine.png")
+    assert failure(image, "upscale", {"image": str(tmp_path / "empty.png")}) == (
+        "ValueError: image: not an image (0 bytes); send a PNG, JPEG or WebP")  # it showed PIL's own path
+    error = failure(image, "inpaint", {"image": str(tmp_path / "fine.png"), "mask": str(tmp_path / "notes.png")})
+    assert error == "ValueError: mask: not an image (10 bytes); send a PNG, JPEG or WebP"
+
+
 def test_inpaint_works_on_the_mask_region_with_the_same_result_as_on_the_whole_image():
     module = load_app(str(EXAMPLES / "image_model")).module
     app = module.App()

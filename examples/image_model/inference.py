@@ -15,12 +15,13 @@ a replica's memory.
 
 from __future__ import annotations
 
+import os
 from typing import Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pydantic import Field, field_validator, model_validator
 
 from inferencesh_ray import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, File, Metadata
@@ -151,7 +152,7 @@ class App(BaseApp):
     @torch.inference_mode()
     def upscale(self, input_data: UpscaleInput, metadata: Metadata) -> ImageOutput:
         """Enlarge an image by interpolation (no detail is invented); the result is at most 4096x4096 pixels."""
-        with Image.open(input_data.image.path) as source:  # the header alone: no pixels decoded yet
+        with open_image(input_data.image.path, "image") as source:  # the header alone: no pixels decoded yet
             width, height = source.size
         out_width, out_height = int(width * input_data.scale), int(height * input_data.scale)
         if out_width * out_height > MAX_PIXELS:
@@ -225,9 +226,17 @@ def box_mask(box: list[int], height: int, width: int) -> torch.Tensor:
     return mask
 
 
+def open_image(path: str, field: str) -> Image.Image:
+    """The image in input `field`'s file; a ValueError naming the field (not the replica's path) when it is none."""
+    try:
+        return Image.open(path)
+    except (UnidentifiedImageError, OSError):
+        raise ValueError(f"{field}: not an image ({os.path.getsize(path)} bytes); send a PNG, JPEG or WebP") from None
+
+
 def read_rgb(path: str, field: str, background: tuple[int, int, int] = BACKGROUND) -> np.ndarray:
     """An image file as float32 RGB in 0..1, HxWx3; refuses one over MAX_PIXELS before decoding it."""
-    with Image.open(path) as image:
+    with open_image(path, field) as image:
         width, height = image.size
         if width * height > MAX_PIXELS:  # checked on the header, before the pixels take memory
             raise ValueError(
