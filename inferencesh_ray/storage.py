@@ -15,6 +15,7 @@ race of one move and one meta.json write. All methods block: async callers run t
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import re
 import secrets
@@ -58,6 +59,11 @@ def safe_filename(name: Optional[str], default: str = "file") -> str:
     return name.strip(" .") or default
 
 
+def _extension(content_type: str) -> Optional[str]:
+    media_type = content_type.split(";")[0].strip().lower()
+    return None if media_type == DEFAULT_MEDIA_TYPE else mimetypes.guess_extension(media_type)
+
+
 def is_media_type(value: str) -> bool:
     """Whether `value` is `type/subtype *(; name=value)` in visible ASCII: safe to send as a Content-Type."""
     return len(value) <= MAX_MEDIA_TYPE_CHARS and _MEDIA_TYPE.fullmatch(value) is not None
@@ -85,12 +91,15 @@ class FileStore:
 
     def create(self, owner: str, filename: Optional[str], content_type: Optional[str], size: Optional[int]) -> StoredFile:
         """Record a file whose bytes are still to come (`size` None: not announced)."""
+        # An app's output may name any content type; one that is no media type would break the download's headers.
+        content_type = content_type if content_type and is_media_type(content_type) else DEFAULT_MEDIA_TYPE
         file = StoredFile(
             id=uuid.uuid4().hex,
             owner=owner,
-            filename=safe_filename(filename),
-            # An app's output may name any content type; one that is no media type would break the download's headers.
-            content_type=content_type if content_type and is_media_type(content_type) else DEFAULT_MEDIA_TYPE,
+            # Unnamed (bytes, a data: URI): the URL's last part still gets an extension, from which
+            # the official SDK's File names its download and guesses its type.
+            filename=safe_filename(filename, "file" + (_extension(content_type) or "")),
+            content_type=content_type,
             size=size,
             created_at=time.time(),
         )

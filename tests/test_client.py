@@ -826,7 +826,7 @@ def test_run_uploads_local_inputs_and_downloads_output_files(files_server, tmp_p
     assert set(output) == {"uri", "filename", "content_type", "size"} and output["size"] == 15
     assert saved == tmp_path / output["filename"] and saved.read_bytes() == b"\x89PNG not really"[::-1]
     assert seen["output"]["sizes"] == [15, 5, 15]
-    assert seen["output"]["filenames"] == ["photo.png", "file", "named.png"]
+    assert seen["output"]["filenames"] == ["photo.png", "file.txt", "named.png"]  # a data: URI, named from its type
 
 
 def test_real_file_endpoints_upload_and_download(files_server, tmp_path):

@@ -516,6 +516,23 @@ def test_downloads_name_the_file_per_rfc_6266_and_serve_its_type_as_stored(apps,
     assert answers[1][0].headers["content-disposition"].startswith('inline; filename="a_b.png"')
 
 
+def test_an_unnamed_upload_gets_an_extension_from_its_content_type(apps, tmp_path):
+    """wire-protocol.md §11: the SDK's File names its download after the URL's last part and
+    guesses the type from it; bytes and data: URIs come without a name, and were all `file`."""
+    sent = [("image/png", "file.png"), ("text/csv; charset=utf-8", "file.csv"), ("application/octet-stream", "file"),
+            (None, "file")]
+
+    async def body(client):
+        named = []
+        for content_type, _ in sent:
+            created = await client.post("/files", json={"files": [{"content_type": content_type, "size": 1}]}, headers=A)
+            named.append(created.json()["data"][0])
+        return named
+
+    for file, (_, filename) in zip(files_scenario(apps, tmp_path, body), sent):
+        assert file["filename"] == filename and file["uri"].split("?")[0].endswith(f"/{filename}")
+
+
 @pytest.mark.parametrize("content_type", ["text/html\r\nX-Evil: 1", "image/png; 日本", "image/" + "a" * 100_000, "png",
                                           "image/png; charset"])
 def test_content_types_that_are_no_media_type_are_422_naming_the_field(apps, tmp_path, content_type):
