@@ -229,6 +229,20 @@ async def _task_lines(
             return
 
 
+def _body_problem(error: str, content_type: Optional[str]) -> ApiProblem:
+    """A body that is not there or not an object: what FastAPI calls `body: Field required`."""
+    if error == "missing":
+        return ApiProblem(400, "invalid_request", "the request has no body; send a JSON object with "
+                          "Content-Type: application/json")
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        sent = f"as {media_type!r}" if media_type else "without a Content-Type"
+        return ApiProblem(415, "invalid_request", f"the body was sent {sent}, so it was not read as JSON; "
+                          "send it with Content-Type: application/json")
+    return ApiProblem(422, "validation_error", "the request body must be a JSON object",
+                      errors=[{"loc": "body", "message": "must be a JSON object"}])
+
+
 def _install_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(ApiProblem)
     async def problem(request: Request, exc: ApiProblem) -> Response:
@@ -250,6 +264,8 @@ def _install_error_handlers(api: FastAPI) -> None:
         errors = exc.errors()
         if any(error.get("type") == "json_invalid" for error in errors):
             return ApiProblem(400, "invalid_request", "the request body is not valid JSON").response()
+        if [tuple(error["loc"]) for error in errors] == [("body",)]:
+            return _body_problem(errors[0]["type"], request.headers.get("content-type")).response()
         fields = [{"loc": ".".join(str(p) for p in e["loc"][1:]) or "body", "message": e["msg"]} for e in errors]
         detail = "invalid request: " + "; ".join(f"{f['loc']}: {f['message']}" for f in fields)
         return ApiProblem(422, "validation_error", detail, errors=fields).response()

@@ -15,6 +15,7 @@ _TITLES = {
     409: "Conflict",
     410: "Gone",
     413: "Payload too large",
+    415: "Unsupported media type",
     416: "Range not satisfiable",
     422: "Validation failed",
     429: "Too many requests",

@@ -80,6 +80,10 @@ CASES = [
     ("wrong type of a list", run_with("data:,x", extra="nope"), 422, "input.extra"),
     ("not JSON", ("POST", "/apps/run", {"content": b"{nope", "headers": {"content-type": "application/json"}}), 400,
      "not valid JSON"),
+    ("JSON sent as a form, as curl -d does", ("POST", "/apps/run", {"content": b'{"app": "file-app"}', "headers": {
+        "content-type": "application/x-www-form-urlencoded"}}), 415, "sent as 'application/x-www-form-urlencoded'"),
+    ("no body", ("POST", "/apps/run", {"content": b""}), 400, "the request has no body"),
+    ("a body that is no object", ("POST", "/apps/run", {"json": [1]}), 422, "must be a JSON object"),
     ("input is not an object", ("POST", "/apps/run", {"json": {"app": "file-app:inspect", "input": "x"}}), 422, "input"),
     ("dot-dot path in a file field", run_with("../../etc/passwd"), 422, "is refused"),
     ("absolute path in a file field", run_with("/etc/passwd"), 422, "is refused"),
