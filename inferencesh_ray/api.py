@@ -34,6 +34,7 @@ from .server_files import ServerFiles
 from .sessions_api import Sessions, check_session_request
 from .status import TaskStatus
 from .store import TaskExists, stream_view
+from .task_files import task_files_router
 from .writes import StoreUnavailable
 
 _log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def create_api(
 
     api.include_router(files_router(files, owner))
     api.include_router(sessions.router(owner))
+    api.include_router(task_files_router(dispatcher, files, owner))
 
     async def run(body: RunRequest, request: Request, caller: str, ref: Optional[str]) -> JSONResponse:
         for where, value in (("input", body.input), ("setup", body.setup)):

@@ -200,6 +200,13 @@ class Dispatcher:
         self.tasks.put(owner, task)
         return task
 
+    async def delete(self, task_id: str, owner: str) -> bool:
+        """Forget a finished task (the store refuses an unfinished one); whether it was."""
+        deleted = await self._writes.delete(task_id, owner)
+        if deleted:
+            self.tasks.forget(task_id)
+        return deleted
+
     async def cancel(self, task_id: str, owner: str) -> Optional[dict]:
         """Ask the store to cancel; the call stops here once the store has the task CANCELLING."""
         task = await self._writes.cancel(task_id, owner)

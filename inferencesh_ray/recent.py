@@ -57,6 +57,11 @@ class RecentTasks:
             self._finished[task["id"]] = time.monotonic()
             self._forget_old()
 
+    def forget(self, task_id: str) -> None:
+        """A task deleted from the store: reads of it go there (and find nothing)."""
+        self._entries.pop(task_id, None)
+        self._finished.pop(task_id, None)
+
     async def get(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
         """The task, or None when it does not exist or belongs to another key."""
         entry = self._entries.get(task_id)

@@ -92,6 +92,23 @@ class ServerFiles:
             "size": file.size,
         }
 
+    def stored_in(self, value: Any) -> list[tuple[StoredFile, str]]:
+        """The files of this server that a task's input or output names, each once, with the URI naming it
+        (blocks: reads each file's record)."""
+        found: dict[str, tuple[StoredFile, str]] = {}
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, str) and (file_id := _own_file_id(item)) and file_id not in found:
+                file = self.store.get(file_id)
+                if file is not None:
+                    found[file_id] = (file, item)
+        return list(found.values())
+
     # -- inputs -------------------------------------------------------------------
 
     def resolve(self, value: Any, owner: str) -> Source:
@@ -279,6 +296,17 @@ class _PublicTransport(httpx.AsyncHTTPTransport):
     def __init__(self) -> None:
         super().__init__()
         self._pool = httpcore.AsyncConnectionPool(ssl_context=httpx.create_ssl_context(), network_backend=_PublicOnly())
+
+
+def _own_file_id(value: str) -> Optional[str]:
+    """The id in a URL of this server's files (any host: a client may reach it by many names), else None."""
+    if not value.startswith(("http://", "https://")):
+        return None
+    try:
+        match = _OWN_URL.search(urlparse(value).path)
+    except ValueError:
+        return None
+    return match.group(1) if match else None
 
 
 def _parse_url(uri: str) -> ParseResult:

@@ -36,7 +36,7 @@ STREAM_LOG_LINES = 50
 # Every write rewrites the task's document: a task printing a line at a time for an hour
 # would make each write, and the store serving every task, slower and slower.
 MAX_LOG_LINES = 1000
-_WRITES = ("create", "apply", "cancel", "withdraw")
+_WRITES = ("create", "apply", "cancel", "withdraw", "delete")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY,
@@ -143,7 +143,7 @@ class TaskStore:
     # that fails leaves memory as the disk has it, so a retry or a fallback still applies.
 
     async def write(self, ops: list[tuple[str, tuple]]) -> list[Any]:
-        """Run `create`, `apply`, `cancel` and `withdraw` calls in order, in one transaction; each
+        """Run `create`, `apply`, `cancel`, `withdraw` and `delete` calls in order, in one transaction; each
         gets its result, or the exception it raised, in its place. Raises, having changed
         nothing, when the transaction itself fails (a full disk, an I/O error)."""
         with self._transaction():
@@ -267,6 +267,13 @@ class TaskStore:
         live = self._live.get(task_id)
         if live is not None and isinstance(attempt, str) and live.attempt == attempt:
             self._change(live, [Failed(reason)])
+
+    def _delete(self, task_id: str, owner: str) -> bool:
+        """Forget a finished task of `owner`; whether it was (an unfinished one is not)."""
+        if task_id in self._live:
+            return False
+        return self._db.execute("DELETE FROM tasks WHERE id = ? AND owner = ? AND status >= ?",
+                                (task_id, owner, int(TaskStatus.COMPLETED))).rowcount == 1
 
     def _cancel(self, task_id: str, owner: str) -> Optional[dict[str, Any]]:
         live = self._live.get(task_id)

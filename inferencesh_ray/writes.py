@@ -40,6 +40,9 @@ class StoreWrites:
     async def withdraw(self, *args: Any) -> None:
         return await self._write("withdraw", args)
 
+    async def delete(self, *args: Any) -> bool:
+        return await self._write("delete", args)
+
     async def _write(self, op: str, args: tuple) -> Any:
         done = asyncio.get_running_loop().create_future()
         self._pending.append((op, args, done))

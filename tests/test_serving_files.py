@@ -61,6 +61,16 @@ def test_files_on_s3_through_the_official_client(ray_serve, s3_server, tmp_path,
         assert len(s3.ls(f"{root}/files")) == 3
         assert s3.exists(f"{root}/.signing-key")
         assert not (tmp_path / "data" / "files").exists()  # nothing went to local disk
+        # The official SDK's tasks.files / tasks.delete: the task and its files leave S3 too.
+        sdk = inference(api_key="k", base_url=url)
+        done = sdk.run({"app": "file-app:reverse", "input": {"image": "data:image/png;base64,iVBORw0K"}})
+        listed = sdk.tasks.files(done["id"]).data
+        s3.invalidate_cache()
+        assert [f["role"] for f in listed] == ["input", "output"] and len(s3.ls(f"{root}/files")) == 5
+        sdk.tasks.delete(done["id"], files=True)
+        s3.invalidate_cache()
+        assert len(s3.ls(f"{root}/files")) == 3 and httpx.get(listed[1]["uri"]).status_code == 404
+        assert httpx.get(f"{url}/tasks/{done['id']}").status_code == 404
     finally:
         serve.delete("files-s3")
 

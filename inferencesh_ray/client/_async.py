@@ -11,7 +11,9 @@ from typing import IO, Any, AsyncIterator, Optional, Union
 import httpx
 
 from ..files import File
-from ._base import InputSchemas, StreamHandle, client_options, file_url_request, run_headers, run_body, stream_request
+from ._base import (
+    InputSchemas, StreamHandle, client_options, file_url_request, run_body, run_headers, stream_request, task_path,
+)
 from ._config import DEFAULT_MAX_RETRIES, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
@@ -205,6 +207,18 @@ class AsyncTasks:
     async def cancel(self, task_id: str) -> None:
         """Ask the server to cancel the task; a finished task stays as it is."""
         await self._connection.request("POST", route("/tasks/{}/cancel", task_id), resend=True)
+
+    async def files(self, task_id: str, *, role: Optional[str] = None) -> Response:
+        """As `Tasks.files`: the task's input and output files."""
+        return await self._connection.request("GET", task_path(task_id, "/files", role=role))
+
+    async def delete_files(self, task_id: str, *, role: Optional[str] = None) -> Response:
+        """As `Tasks.delete_files`: delete a finished task's files (yours), keeping the task."""
+        return await self._connection.request("DELETE", task_path(task_id, "/files", role=role))
+
+    async def delete(self, task_id: str, *, files: bool = False) -> None:
+        """As `Tasks.delete`: delete a finished task (`files=True`: and its files of your key)."""
+        await self._connection.request("DELETE", task_path(task_id, files="true" if files else None))
 
     def stream(
         self,

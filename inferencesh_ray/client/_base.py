@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 from typing import Any, Optional, Union
+from urllib.parse import urlencode
 
 import httpx
 
@@ -54,6 +55,12 @@ def run_headers(params: Any, key: Optional[str]) -> dict[str, str]:
     if key is not None and not (isinstance(key, str) and _KEY.fullmatch(key)):
         raise ValueError(f"idempotency_key must be 1-255 printable ASCII characters, not {key!r}")
     return {"Idempotency-Key": key or uuid.uuid4().hex}
+
+
+def task_path(task_id: str, suffix: str = "", **query: Optional[str]) -> str:
+    """`/tasks/{id}` + suffix, with the query's given values."""
+    given = {name: value for name, value in query.items() if value is not None}
+    return route("/tasks/{}" + suffix, task_id) + (f"?{urlencode(given)}" if given else "")
 
 
 def run_body(params: dict[str, Any], files: InputFiles, uris: dict[PendingUpload, str]) -> dict[str, Any]:

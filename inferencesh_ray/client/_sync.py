@@ -16,7 +16,9 @@ from typing import Any, Iterator, Optional, Union
 import httpx
 
 from ..files import File
-from ._base import InputSchemas, StreamHandle, client_options, file_url_request, run_headers, run_body, stream_request
+from ._base import (
+    InputSchemas, StreamHandle, client_options, file_url_request, run_body, run_headers, stream_request, task_path,
+)
 from ._config import DEFAULT_MAX_RETRIES, DEFAULT_STREAM_TIMEOUT_S, DEFAULT_TIMEOUT_S, ClientConfig, resolve_config
 from ._errors import InferenceError, connection_failed, error_from_response
 from ._files import (
@@ -243,6 +245,20 @@ class Tasks:
     def cancel(self, task_id: str) -> None:
         """Ask the server to cancel the task; a finished task stays as it is."""
         self._connection.request("POST", route("/tasks/{}/cancel", task_id), resend=True)
+
+    def files(self, task_id: str, *, role: Optional[str] = None) -> Response:
+        """The files the task's input names and those it output (`role`: "input" or "output" for one side);
+        `.data` is a list of `{id, role, uri, filename, content_type, size, created_at}`."""
+        return self._connection.request("GET", task_path(task_id, "/files", role=role))
+
+    def delete_files(self, task_id: str, *, role: Optional[str] = None) -> Response:
+        """Delete a finished task's files (those of your key), keeping the task;
+        `.data` is `{deleted: [id], skipped: [{id, reason}]}`."""
+        return self._connection.request("DELETE", task_path(task_id, "/files", role=role))
+
+    def delete(self, task_id: str, *, files: bool = False) -> None:
+        """Delete a finished task; `files=True` deletes its files (those of your key) too."""
+        self._connection.request("DELETE", task_path(task_id, files="true" if files else None))
 
     def stream(
         self,
