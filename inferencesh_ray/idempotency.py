@@ -13,7 +13,9 @@ import asyncio
 import re
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Mapping, Optional
+from typing import Any, AsyncIterator, Optional
+
+from starlette.datastructures import Headers
 
 from .json_codec import dumps, loads
 from .problems import ApiProblem
@@ -27,11 +29,14 @@ _NAMESPACE = uuid.UUID("5b0f6a3e-9c1d-4e7a-8f21-6d3c2b7a9e10")
 _REQUEST_FIELDS = ("app_id", "function", "input", "setup")
 
 
-def key_of(headers: Mapping[str, str]) -> Optional[str]:
-    """The request's key, or None; 400 for a key that is not 1-255 printable ASCII characters."""
-    key = headers.get(HEADER)
-    if key is None:
+def key_of(headers: Headers) -> Optional[str]:
+    """The request's key, or None; 400 for a key that is not 1-255 printable ASCII characters, or for two keys."""
+    keys = headers.getlist(HEADER)
+    if not keys:
         return None
+    if len(keys) > 1:  # which one the client meant is unknowable, and guessing could run its work twice
+        raise ApiProblem(400, "invalid_request", f"send one {HEADER} header, not {len(keys)}")
+    key = keys[0]
     if not _KEY.fullmatch(key):
         raise ApiProblem(400, "invalid_request",
                          f"the {HEADER} header must be 1-{MAX_KEY_CHARS} printable ASCII characters (a UUID, say)")

@@ -198,7 +198,9 @@ class Sessions:
 
 
 def check_session_request(session: Optional[str], timeout: Optional[int]) -> None:
-    """400 for a `session_timeout` without `session: "new"`, or outside its bounds."""
+    """400 for an empty `session`, or a `session_timeout` without `session: "new"` or outside its bounds."""
+    if session == "":
+        raise ApiProblem(400, "invalid_request", 'session must be "new" or a session id; leave it out to run outside one')
     if timeout is None:
         return
     if session != "new":

@@ -301,6 +301,11 @@ def test_an_idempotency_key_names_one_request_of_one_caller(apps, tmp_path):
         for bad in ("x" * 256, "tab\there"):
             refused = await client.post("/apps/run", json=run, headers={**alice, "Idempotency-Key": bad})
             assert refused.status_code == 400 and "1-255 printable ASCII" in refused.json()["detail"]
+        two = await client.post("/apps/run", json=run, headers=[*alice.items(), ("Idempotency-Key", "k"),
+                                                                ("Idempotency-Key", "k2")])
+        assert two.status_code == 400 and two.json()["detail"] == "send one Idempotency-Key header, not 2"  # not the first
+        empty = await client.post("/apps/run", json={**run, "session": ""}, headers=alice)
+        assert empty.status_code == 400 and 'session must be "new" or a session id' in empty.json()["detail"]
         assert (await client.get("/sessions", headers=alice)).json()["data"] == []  # the replay opened none
         for task, who in ((mine, alice), (theirs, bob)):
             await wait_terminal(client, task["id"], headers=who)
