@@ -114,11 +114,15 @@ def _other_handlers(handler: logging.Handler, record: logging.LogRecord) -> bool
 
 def _print(*objects: object, sep: "str | None" = " ", end: "str | None" = "\n", file: "TextIO | None" = None,
            flush: bool = False) -> None:
-    if _current.get() is None:
+    if _current.get() is None and file in (None, sys.stdout, sys.stderr):
         _print_before(*objects, sep=sep, end=end, file=file, flush=flush)
         return
+    # In a task, or to a file of the app's own: as the builtin does (Serve's replacement
+    # writes the tuple of `objects` to such a file).
     stream = sys.stdout if file is None else file
     stream.write((" " if sep is None else sep).join(map(str, objects)) + ("\n" if end is None else end))
+    if flush:
+        stream.flush()
 
 
 def install() -> None:

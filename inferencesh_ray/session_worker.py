@@ -9,6 +9,7 @@ which finds it again by the session id. Calls run one at a time, in arrival orde
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -16,12 +17,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import ray
 
+from .errors import AppCodeError
 from .events import Cancelled, TaskEvent
 from .host import AppHost, Call
 from .server_files import FilesConfig, ServerFiles
 from .sessions_api import WorkerLost
 
 NAMESPACE = "inferencesh_ray"
+_log = logging.getLogger(__name__)
 _RELEASE_TIMEOUT_S = 30.0
 _START_TIMEOUT_S = 20.0
 
@@ -99,7 +102,10 @@ class SessionWorker:
         for task in list(self._calls):
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
-        await self.host.close()
+        try:
+            await self.host.close()
+        except AppCodeError as exc:  # the worker goes anyway; its log (on the driver's console) says why
+            _log.error("%s: %s\n%s", self.host.app_id, exc, exc.traceback)
 
 
 class RayWorkers:

@@ -7,6 +7,7 @@ import base64
 import sys
 from datetime import datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import AsyncGenerator
 
 import pytest
@@ -530,3 +531,38 @@ def test_threads_asking_for_a_tasks_directory_together_get_one(tmp_path, monkeyp
         assert len(set(seen)) == 1
         scratch.release()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unload_that_raises_is_logged_with_the_apps_frames_as_a_replica_or_session_worker_goes(tmp_path, caplog):
+    """It escaped a replica's __del__ into Serve's log as a tuple per line, and a session
+    worker's release swallowed it: nothing said why the app did not unload."""
+    from helpers import local_files
+
+    from inferencesh_ray.replica import AppReplica
+    from inferencesh_ray.session_worker import SessionWorker, WorkerSpec
+
+    (tmp_path / "inference.py").write_text(
+        "from pydantic import BaseModel\n"
+        "class In(BaseModel):\n    text: str\n"
+        "class App:\n"
+        "    def run(self, data: In) -> In:\n        return data\n"
+        "    def unload(self) -> None:\n        raise RuntimeError('the GPU is stuck')\n"
+    )
+    files = local_files(tmp_path / "files")
+    worker = SessionWorker(WorkerSpec("stuck", str(tmp_path), files.config))
+    # Its __init__ pins Serve's gRPC server, which needs a replica: the method on a stand-in.
+    replica = SimpleNamespace(host=AppHost.load(str(tmp_path), app_id="stuck", files=files))
+
+    async def scenario():
+        for host in (worker.host, replica.host):
+            await events_of(host, Call("run", {"text": "x"}))
+        await worker.close()
+        await AppReplica.__del__(replica)
+
+    with caplog.at_level("ERROR"):
+        asyncio.run(scenario())
+    failures = [record.getMessage() for record in caplog.records if "unload failed" in record.getMessage()]
+    assert len(failures) == 2
+    for message in failures:
+        assert message.startswith("stuck: unload failed: RuntimeError: the GPU is stuck\nTraceback (app frames):")
+        assert "inference.py" in message

@@ -73,6 +73,7 @@ def test_a_bar_on_stderr_does_not_wipe_a_line_waiting_on_stdout():
 def test_print_reaches_the_task_when_a_server_has_pointed_print_elsewhere(monkeypatch):
     """Serve's throughput mode makes `print` on a replica log to its own logger, which no task sees."""
     import builtins
+    import io
     import sys
 
     from inferencesh_ray import logs
@@ -85,5 +86,8 @@ def test_print_reaches_the_task_when_a_server_has_pointed_print_elsewhere(monkey
         print("loading", 3, sep=": ")
         print("to stderr", file=sys.stderr)
     print("between tasks")
+    own = io.StringIO()
+    print("a", "line", file=own, flush=True)  # Serve's replacement wrote "('a', 'line')" to such a file
     assert seen == ["loading: 3", "to stderr"]
-    assert elsewhere == ["between tasks"]  # outside a task, print is left as the server made it
+    assert elsewhere == ["between tasks"]  # outside a task, print to the streams is left as the server made it
+    assert own.getvalue() == "a line\n"
