@@ -26,7 +26,7 @@ from .file_access import FileScope
 from .files_api import files_router
 from .host import Call
 from .idempotency import HEADER, REPLAYED_HEADER, OneAtATime, check_same_request, key_of, task_id_for
-from .json_codec import dumps, dumps_ascii, request_problem
+from .json_codec import dumps, dumps_ascii, may_need_checking, request_problem
 from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
 from .recent import RecentTasks
@@ -99,12 +99,13 @@ def create_api(
 
     api.include_router(files_router(files, owner))
     api.include_router(sessions.router(owner))
-    api.include_router(task_files_router(dispatcher, files, owner))
+    api.include_router(task_files_router(catalog, dispatcher, files, owner))
 
     async def run(body: RunRequest, request: Request, caller: str, ref: Optional[str]) -> JSONResponse:
-        for where, value in (("input", body.input), ("setup", body.setup)):
-            if problem := request_problem(value, where):
-                raise ApiProblem(400, "invalid_request", problem)
+        if may_need_checking(await request.body()):
+            for where, value in (("input", body.input), ("setup", body.setup)):
+                if problem := request_problem(value, where):
+                    raise ApiProblem(400, "invalid_request", problem)
         app, function = catalog.resolve(ref, body.function, body.version_id)
         data, setup, setup_key = catalog.validate(app, function, body.input or {}, body.setup)
         refused = await files.check(app.functions[function]["input_schema"], data, caller)

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Awaitable, Callable, Hashable, Mapping, Optional, TypeVar
 
+from .background import spawn
+
 _ATTRIBUTE = "__infsh_batch__"
 DEFAULT_MAX_BATCH_SIZE = 10
 DEFAULT_MAX_WAIT_MS = 10.0
@@ -127,7 +129,8 @@ class Batcher:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(spec)
-            queue.drainer = asyncio.ensure_future(self._drain(key, queue))
+            # Apart from the first caller: later batches, and the app's own calls in them, are not its children.
+            queue.drainer = spawn(self._drain(key, queue))
         entry = _Entry(item, loop.create_future(), loop.time())
         queue.pending.append(entry)
         queue.changed.set()

@@ -48,6 +48,12 @@ def loads(data: "str | bytes") -> Any:
         return json.loads(data)
 
 
+def may_need_checking(body: bytes) -> bool:
+    """Whether a request body could hold what `request_problem` finds: a cheap look at the bytes,
+    so that a large body of plain numbers is not walked on the event loop."""
+    return b"NaN" in body or b"Infinity" in body or body.count(b"[") + body.count(b"{") > MAX_DEPTH
+
+
 def request_problem(value: Any, where: str) -> Optional[str]:
     """Why `value`, read from a request, cannot be a task's JSON: nested over MAX_DEPTH levels,
     or holding NaN or Infinity (which `json` reads, though they are not JSON); None if it can."""

@@ -126,20 +126,20 @@ def _print(*objects: object, sep: "str | None" = " ", end: "str | None" = "\n", 
 
 
 def install() -> None:
-    """Wrap stdout/stderr and `print` (again, if something swapped them since) and add a root logging handler once.
+    """Wrap stdout/stderr (again, if something swapped them since); once, wrap `print` and add a root logging handler.
 
     `print` too, since Serve's throughput mode points it at its own logger on replicas,
-    past both the streams and the root logger.
+    past both the streams and the root logger. Only once: a `print` set later (an app's
+    `partial(print, flush=True)`) may call ours, and wrapping it would make a loop.
     """
     global _installed, _print_before
     with _install_lock:
-        if builtins.print is not _print:
-            _print_before, builtins.print = builtins.print, _print
         if not isinstance(sys.stdout, _StreamProxy):
             sys.stdout = _StreamProxy(sys.stdout, "stdout")
         if not isinstance(sys.stderr, _StreamProxy):
             sys.stderr = _StreamProxy(sys.stderr, "stderr")
         if not _installed:
+            _print_before, builtins.print = builtins.print, _print
             handler = _SinkHandler()
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
             logging.getLogger().addHandler(handler)

@@ -92,22 +92,25 @@ class ServerFiles:
             "size": file.size,
         }
 
-    def stored_in(self, value: Any) -> list[tuple[StoredFile, str]]:
-        """The files of this server that a task's input or output names, each once, with the URI naming it
-        (blocks: reads each file's record)."""
+    def stored_in(self, values: Iterable[Any], owner: str) -> list[tuple[StoredFile, str]]:
+        """The files of this server that file values name, each once, with the URI naming it: `owner`'s,
+        and another key's named by a link it signed (blocks: reads each file's record)."""
         found: dict[str, tuple[StoredFile, str]] = {}
-        stack = [value]
-        while stack:
-            item = stack.pop()
-            if isinstance(item, dict):
-                stack.extend(item.values())
-            elif isinstance(item, list):
-                stack.extend(item)
-            elif isinstance(item, str) and (file_id := _own_file_id(item)) and file_id not in found:
-                file = self.store.get(file_id)
-                if file is not None:
-                    found[file_id] = (file, item)
+        for value in values:
+            uri = as_file_dict(value).get("uri") if isinstance(value, (str, dict)) else None
+            file_id = _own_file_id(uri) if isinstance(uri, str) else None
+            if file_id is None or file_id in found:
+                continue
+            file = self.store.get(file_id)
+            if file is not None and (file.owner == owner or self._signed_link(file, uri)):
+                found[file_id] = (file, uri)
         return list(found.values())
+
+    def _signed_link(self, file: StoredFile, uri: str) -> bool:
+        """Whether `uri` is a download link its owner's key was given (expired or not)."""
+        query = parse_qs(urlparse(uri).query)
+        refused = self.signer.check("get", file.id, *(query.get(name, [None])[0] for name in ("expires", "signature")))
+        return refused in (None, "this link has expired")
 
     # -- inputs -------------------------------------------------------------------
 

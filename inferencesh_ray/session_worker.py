@@ -17,6 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import ray
 
+from .background import spawn
 from .errors import AppCodeError
 from .events import Cancelled, TaskEvent
 from .host import AppHost, Call
@@ -57,7 +58,7 @@ class ReplicaOptions:
     async def get(self, app: str) -> dict[str, Any]:
         asking = self._asking.get(app)
         if asking is None:
-            asking = self._asking[app] = asyncio.ensure_future(self._fetch(app))
+            asking = self._asking[app] = spawn(self._fetch(app))  # shared: no one caller's to cancel
         if app not in self._known:
             return await asyncio.shield(asking)
         done, _ = await asyncio.wait({asking}, timeout=self._wait_s)

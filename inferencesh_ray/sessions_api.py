@@ -100,7 +100,14 @@ class Sessions:
             if "refused" in opened:
                 raise ApiProblem(503, "unavailable", opened["refused"], headers={"retry-after": "5"})
             session = opened["id"]
-        view = await self.registry.begin_call(session, owner, app.name, task_id)
+        # Apart from the request: its answer lost to a client that left (Serve cancels the
+        # request's calls) would leave the call counted, the session busy and never idle.
+        joining = spawn(self.registry.begin_call(session, owner, app.name, task_id))
+        try:
+            view = await asyncio.shield(joining)
+        except asyncio.CancelledError:
+            self._track(self._undo_join(joining, session, owner, app.name, opened=new))
+            raise
         try:
             _check_open(view, session, app)
         except ApiProblem:
@@ -111,6 +118,23 @@ class Sessions:
         if len(self._known) > _KNOWN_SESSIONS:
             self._known.popitem(last=False)
         return Admitted(session, view["idle_timeout"], self._backend(session))
+
+    async def _undo_join(self, joining: asyncio.Future, session_id: str, owner: str, app: str, opened: bool) -> None:
+        """For a caller that left while joining: end its call if it was counted in, and a session opened for it."""
+        try:
+            view = await joining
+        except Exception:
+            view = None
+        if view is not None and view["status"] == ACTIVE and view["app_id"] == app:
+            await self.registry.end_call(session_id, False)
+        if opened:
+            await self.registry.end(session_id, owner, "the call that opened it did not run")
+
+    def _track(self, undoing: Any) -> None:
+        """Run `undoing` apart from the caller; `close` waits for it."""
+        task = spawn(undoing)
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _abandon(self, session_id: str, owner: str, opened: bool) -> None:
         """Undo an admission whose call will not run: its call ends, and a session opened for it alone ends too."""
@@ -145,10 +169,7 @@ class Sessions:
                 return  # refused, or never admitted: nothing to end
             await self.registry.end_call(admitted.session_id, False)
 
-        # Tracked from now, not from the admission's answer: `close` waits for both.
-        ending = spawn(end_once_admitted())
-        self._releasing.add(ending)
-        ending.add_done_callback(self._releasing.discard)
+        self._track(end_once_admitted())  # from now, not from the admission's answer: `close` waits for both
 
     def _backend(self, session_id: str) -> Backend:
         registry, call_worker = self.registry, self._call_worker

@@ -159,8 +159,13 @@ class FileStore:
     def get_local(self, file: StoredFile, path: str) -> None:
         self.fs.get_file(self._path(file.id, "data"), path)
 
-    def delete(self, file: StoredFile) -> None:
-        self.fs.rm(self._path(file.id), recursive=True)
+    def delete(self, file: StoredFile) -> bool:
+        """Remove the file; False when it was gone already (another delete came first)."""
+        try:
+            self.fs.rm(self._path(file.id), recursive=True)
+        except FileNotFoundError:
+            return False
+        return True
 
     def signing_key(self) -> bytes:
         """The key that signs file URLs: $INFERENCESH_RAY_SIGNING_KEY, else one kept in the store (made once)."""

@@ -15,7 +15,9 @@ from typing import Any, Awaitable, Callable, Optional
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
+from .catalog import AppCatalog
 from .dispatch import Dispatcher
+from .file_fields import file_slots
 from .problems import ApiProblem, not_found
 from .server_files import ServerFiles
 from .status import TaskStatus
@@ -25,7 +27,8 @@ from .store import now_iso
 ROLES = ("input", "output")
 
 
-def task_files_router(dispatcher: Dispatcher, files: ServerFiles, owner: Callable[..., Awaitable[str]]) -> APIRouter:
+def task_files_router(catalog: AppCatalog, dispatcher: Dispatcher, files: ServerFiles,
+                      owner: Callable[..., Awaitable[str]]) -> APIRouter:
     router = APIRouter(tags=["tasks"])
 
     async def task_or_404(task_id: str, caller: str, finished: bool = False) -> dict[str, Any]:
@@ -37,13 +40,15 @@ def task_files_router(dispatcher: Dispatcher, files: ServerFiles, owner: Callabl
                              "files; cancel it first (POST /tasks/{id}/cancel)")
         return task
 
-    async def files_of(task: dict[str, Any], role: Optional[str]) -> list[tuple[str, StoredFile, str]]:
-        """(role, file, the URI the task names it by) for each file of the task in `role` (both if None)."""
+    async def files_of(task: dict[str, Any], role: Optional[str], caller: str) -> list[tuple[str, StoredFile, str]]:
+        """(role, file, the URI the task names it by) for each file in the task's file fields of `role`
+        (both if None): the caller's, and another key's named by a link that key shared."""
         if role not in (None, *ROLES):
             raise ApiProblem(400, "invalid_request", f"role must be `input` or `output`, not {role!r}")
         found = []
         for side in ROLES if role is None else (role,):
-            found += [(side, file, uri) for file, uri in await asyncio.to_thread(files.stored_in, task.get(side))]
+            values = [slot.value for slot in file_slots(catalog.schema_of(task, side), task.get(side))]
+            found += [(side, file, uri) for file, uri in await asyncio.to_thread(files.stored_in, values, caller)]
         return found
 
     async def delete_files(found: list[tuple[str, StoredFile, str]], caller: str) -> dict[str, list]:
@@ -53,8 +58,8 @@ def task_files_router(dispatcher: Dispatcher, files: ServerFiles, owner: Callabl
             if file.owner != caller:
                 skipped.append({"id": file.id, "reason": "another key's file: only its owner may delete it"})
                 continue
-            await asyncio.to_thread(files.store.delete, file)
-            deleted.append(file.id)
+            if await asyncio.to_thread(files.store.delete, file):
+                deleted.append(file.id)
         return {"deleted": deleted, "skipped": skipped}
 
     @router.get("/tasks/{task_id}/files", summary="The files a task's input names and those it output")
@@ -67,14 +72,14 @@ def task_files_router(dispatcher: Dispatcher, files: ServerFiles, owner: Callabl
              # Another key's file, named by a link it shared: that link, not a new one.
              **(files.file_value(file, base) if file.owner == caller else
                 {"uri": uri, "filename": file.filename, "content_type": file.content_type, "size": file.size})}
-            for side, file, uri in await files_of(task, role)
+            for side, file, uri in await files_of(task, role, caller)
         ]
         return JSONResponse({"success": True, "data": listed, "messages": []})
 
     @router.delete("/tasks/{task_id}/files", summary="Delete a finished task's files (yours), keeping the task")
     async def delete_task_files(task_id: str, role: Optional[str] = None, caller: str = Depends(owner)) -> JSONResponse:
         task = await task_or_404(task_id, caller, finished=True)
-        result = await delete_files(await files_of(task, role), caller)
+        result = await delete_files(await files_of(task, role, caller), caller)
         return JSONResponse({"success": True, "data": result, "messages": []})
 
     @router.delete("/tasks/{task_id}", summary="Delete a finished task; with ?files=true its files (yours) too")
@@ -83,7 +88,7 @@ def task_files_router(dispatcher: Dispatcher, files: ServerFiles, owner: Callabl
         task = await task_or_404(task_id, caller, finished=True)
         data: dict[str, Any] = {"id": task_id}
         if with_files:
-            data["files"] = await delete_files(await files_of(task, None), caller)
+            data["files"] = await delete_files(await files_of(task, None, caller), caller)
         if not await dispatcher.delete(task_id, caller):
             raise not_found(f"no task {task_id!r}")  # deleted meanwhile, through another ingress
         return JSONResponse({"success": True, "data": data, "messages": []})

@@ -13,7 +13,11 @@ _HIDDEN = (
 
 
 def app_traceback(exc: BaseException) -> str:
-    """The frames of `exc`'s traceback that belong to the app, formatted; '' if none."""
+    """The frames of `exc`'s traceback that belong to the app, formatted; '' if none.
+
+    Paths are relative to the directory of the outermost app frame (the app's own file), and
+    a file outside it is named by its base name: a server's paths do not reach its clients.
+    """
     frames = [
         frame
         for frame in traceback.extract_tb(exc.__traceback__)
@@ -21,7 +25,14 @@ def app_traceback(exc: BaseException) -> str:
     ]
     if not frames:
         return ""
-    return "Traceback (app frames):\n" + "".join(traceback.format_list(frames)).rstrip()
+    root = os.path.dirname(frames[0].filename) + os.sep
+    shown = [traceback.FrameSummary(_relative(frame.filename, root), frame.lineno, frame.name, line=frame.line)
+             for frame in frames]
+    return "Traceback (app frames):\n" + "".join(traceback.format_list(shown)).rstrip()
+
+
+def _relative(path: str, root: str) -> str:
+    return path[len(root):] if path.startswith(root) else os.path.basename(path)
 
 
 def describe(exc: BaseException) -> str:

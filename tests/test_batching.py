@@ -418,3 +418,24 @@ def test_batched_tasks_input_files_live_until_their_outputs_are_published_and_no
     assert left_after_cancel == []
     assert [events[-1].output["doc"]["size"] for events in results] == [3, 5]  # published after the batch ended
     assert scratch_dirs() == []
+
+
+def test_batches_run_apart_from_the_caller_that_started_the_queue():
+    """The drainer inherited its first caller's context, and kept it for every later batch:
+    on a replica, the app's Ray calls in them counted as that request's, cancelled with it."""
+    import contextvars
+
+    from inferencesh_ray.batching import Batcher
+
+    request = contextvars.ContextVar("request", default=None)
+    seen: list = []
+
+    async def run_batch(key, items):
+        seen.append(request.get())
+        return items
+
+    async def body():
+        request.set("the first request")
+        return await Batcher(run_batch).submit("key", BatchSpec(max_batch_size=2, max_wait_ms=1), "item")
+
+    assert asyncio.run(body()) == "item" and seen == [None]

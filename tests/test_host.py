@@ -93,6 +93,8 @@ def test_function_errors_carry_message_and_app_frames(counting):
     boom, empty, wrong, after = asyncio.run(scenario())
     assert isinstance(boom, Failed) and boom.error == "RuntimeError: boom: bad"
     assert "counting.py" in boom.traceback and "inferencesh_ray" not in boom.traceback
+    # It reaches clients in the task's logs: paths relative to the app's directory, none of the server's.
+    assert '  File "counting.py", line ' in boom.traceback and "/" not in boom.traceback
     assert empty.error == "nothing yielded no output"
     assert "wrong_type returned dict, expected EchoOutput" in wrong.error
     assert isinstance(after, Completed)

@@ -26,3 +26,12 @@ def test_lone_surrogates_nan_from_older_rows_and_long_integers_survive_a_round_t
     assert math.isnan(loads('{"x": NaN}')["x"])  # as `json` wrote it before
     assert loads(dumps({"n": 2**70, "m": -(2**64)})) == {"n": 2**70, "m": -(2**64)}
     assert loads('{"id": "t", "output": [1.5, 2]}') == {"id": "t", "output": [1.5, 2]}
+
+
+def test_only_a_body_that_could_hold_deep_nesting_or_nan_is_walked():
+    from inferencesh_ray.json_codec import may_need_checking, request_problem
+
+    assert not may_need_checking(dumps({"input": {"v": [0.5] * 100_000}}))  # a large plain body: not walked
+    assert may_need_checking(b'{"input": {"x": NaN}}') and may_need_checking(b"[" * 129)
+    assert may_need_checking(dumps({"input": {"text": "NaN"}}))  # only a look: the walk then finds nothing
+    assert request_problem({"text": "NaN"}, "input") is None

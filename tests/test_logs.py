@@ -72,15 +72,15 @@ def test_a_bar_on_stderr_does_not_wipe_a_line_waiting_on_stdout():
 
 def test_print_reaches_the_task_when_a_server_has_pointed_print_elsewhere(monkeypatch):
     """Serve's throughput mode makes `print` on a replica log to its own logger, which no task sees."""
-    import builtins
     import io
     import sys
 
     from inferencesh_ray import logs
 
+    logs.install()
     elsewhere: list[str] = []
-    monkeypatch.setattr(builtins, "print", lambda *objects, **options: elsewhere.append(" ".join(map(str, objects))))
-    monkeypatch.setattr(logs, "_print_before", logs._print_before)
+    # As on a replica: what `print` was when the capture wrapped it logs to Serve's logger.
+    monkeypatch.setattr(logs, "_print_before", lambda *objects, **options: elsewhere.append(" ".join(map(str, objects))))
     seen: list[str] = []
     with logs.capture(seen.append):
         print("loading", 3, sep=": ")
@@ -91,3 +91,23 @@ def test_print_reaches_the_task_when_a_server_has_pointed_print_elsewhere(monkey
     assert seen == ["loading: 3", "to stderr"]
     assert elsewhere == ["between tasks"]  # outside a task, print to the streams is left as the server made it
     assert own.getvalue() == "a line\n"
+
+
+def test_an_app_that_wraps_print_itself_makes_no_loop(monkeypatch):
+    """The next task's capture took the app's wrapper of our print for the one to fall back on:
+    print outside a task then called itself until RecursionError."""
+    import builtins
+    import functools
+
+    from inferencesh_ray import logs
+
+    logs.install()
+    monkeypatch.setattr(builtins, "print", builtins.print)  # put back what the app changes below
+    seen: list[str] = []
+    with logs.capture(seen.append):
+        builtins.print = functools.partial(builtins.print, flush=True)  # in an app's setup
+        print("set up")
+    with logs.capture(seen.append):
+        print("a task")
+    print("between tasks")  # on the real stdout, no RecursionError
+    assert seen == ["set up", "a task"]

@@ -448,6 +448,32 @@ def test_a_session_opened_for_a_caller_that_left_expires_when_idle(tmp_path):
     assert asyncio.run(body())["status"] == "expired"
 
 
+def test_a_caller_that_leaves_as_its_call_is_counted_in_leaves_no_session_busy(apps, tmp_path, monkeypatch):
+    """The registry counted the call in and its answer was on its way when the client left
+    (Serve cancels the request): the session stayed busy, never idle, and never ended."""
+    counted = SessionRegistry.begin_call
+
+    async def slow_answer(self, *args):
+        view = await counted(self, *args)
+        await asyncio.sleep(0.3)
+        return view
+
+    monkeypatch.setattr(SessionRegistry, "begin_call", slow_answer)
+
+    async def body(client):
+        post = asyncio.ensure_future(client.post("/apps/run", json={
+            "app": "memory-app", "input": {"text": "a"}, "session": "new", "session_timeout": 60}, headers=A))
+        await asyncio.sleep(0.2)
+        post.cancel()
+        await asyncio.gather(post, return_exceptions=True)
+        await asyncio.sleep(0.5)
+        return (await client.get("/sessions", headers=A)).json()["data"]
+
+    (session,) = scenario(apps, tmp_path, body)
+    # Ended at once, not left to its 60 s idle timeout (which a busy session never reaches).
+    assert (session["status"], session["reason"]) == ("ended", "the call that opened it did not run")
+
+
 def test_an_open_cancelled_while_its_worker_starts_leaves_no_session_behind(tmp_path):
     """Serve cancels a request's actor calls with it (recursively) when its client leaves: the
     session stayed live with no worker, never idle, holding a slot of max_sessions until a restart."""
@@ -587,6 +613,27 @@ def test_replica_options_are_asked_afresh_but_busy_replicas_give_way_to_the_last
     assert (first, second, third, fourth) == ({"num_cpus": 1}, {"num_cpus": 2}, {"num_cpus": 2}, {"num_cpus": 2})
     assert waited < 1 and asked == ["app"] * 3  # the two openings under load shared one question
     assert options._known["app"] == {"num_cpus": 3}
+
+
+def test_a_question_openings_share_is_asked_apart_from_the_first_of_them():
+    """It was asked in the first opener's context: that client leaving (Serve cancels its calls)
+    failed every opening of that app waiting on the same answer."""
+    import contextvars
+
+    from inferencesh_ray.session_worker import ReplicaOptions
+
+    request = contextvars.ContextVar("request", default=None)
+    seen: list = []
+
+    async def ask(app):
+        seen.append(request.get())
+        return {"num_cpus": 1}
+
+    async def body():
+        request.set("the first opener's request")
+        return await ReplicaOptions(ask).get("app")
+
+    assert asyncio.run(body()) == {"num_cpus": 1} and seen == [None]
 
 
 def test_closing_waits_for_the_calls_admitted_for_tasks_that_never_ran_to_end(apps, tmp_path, monkeypatch):

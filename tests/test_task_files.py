@@ -103,3 +103,37 @@ def test_our_client_lists_and_deletes_a_tasks_files_and_the_task(url, mode):
         outputs, inputs, cleared = asyncio.run(scenario(async_inference(api_key="key-a", base_url=url)))
     assert [f["role"] for f in outputs] == ["output"] and [f["filename"] for f in inputs] == ["file.png"]
     assert sorted(cleared["deleted"]) == sorted([outputs[0]["id"], inputs[0]["id"]]) and cleared["skipped"] == []
+
+
+def test_deletes_of_one_tasks_files_sent_together_each_answer(apps, tmp_path):
+    """The ones that lost the race raised FileNotFoundError: a 500, which a client sends again."""
+    from test_files_api import A, upload
+
+    async def body(client):
+        file, _ = await upload(client)
+        task = (await client.post("/apps/run", json={"app": "file-app:reverse", "input": {"image": file["uri"]}},
+                                  headers=A)).json()["data"]
+        while not TaskStatus((await client.get(f"/tasks/{task['id']}", headers=A)).json()["data"]["status"]).is_terminal:
+            await asyncio.sleep(0.01)
+        answers = await asyncio.gather(*(client.delete(f"/tasks/{task['id']}/files", headers=A) for _ in range(4)))
+        return [(answer.status_code, answer.json()["data"]["deleted"]) for answer in answers]
+
+    answers = run_api(apps / "file_app.py", tmp_path, body, keys=["key-a"])
+    assert all(status == 200 for status, _ in answers), answers
+    assert sorted(file_id for _, deleted in answers for file_id in deleted) == sorted(set(
+        file_id for _, deleted in answers for file_id in deleted)) and sum(len(d) for _, d in answers) == 2
+
+
+def test_only_file_fields_count_and_another_keys_file_only_by_a_link_it_shared(url):
+    """Every string of a task was taken for a file link: a prompt quoting one of your file URLs
+    deleted that file, and a bare URL of another key's file listed its name, type and size."""
+    alice, bob = inference(api_key="key-a", base_url=url), inference(api_key="key-b", base_url=url)
+    secret = alice.files.upload(b"alice only", UploadFileOptions(filename="secret.txt", content_type="text/plain"))
+    bare = secret["uri"].split("?")[0]
+    mine = bob.files.upload(b"\x89PNG bob", UploadFileOptions(filename="bob.png", content_type="image/png"))
+    done = bob.run({"app": "file-app:inspect", "input": {"image": mine["uri"], "label": f"see {bare} and {secret['uri']}"}})
+    assert [f["filename"] for f in bob.tasks.files(done["id"]).data] == ["bob.png"]
+    quoting = alice.run({"app": "file-app:inspect", "input": {"image": mine["uri"], "label": secret["uri"]}})
+    assert [f["filename"] for f in alice.tasks.files(quoting["id"]).data] == ["bob.png"]  # by bob's signed link
+    assert alice.tasks.delete_files(quoting["id"]).data["deleted"] == []
+    assert httpx.get(secret["uri"]).content == b"alice only"  # quoted in a text field, not deleted
