@@ -64,11 +64,11 @@ class AppCatalog:
                             apps=list(self._apps))
         return self._apps[name]
 
-    def schema_of(self, task: dict[str, Any], side: str) -> dict:
-        """The JSON schema of a task's `input` or `output`, as its app serves it now; {} if it serves it no more."""
+    def schema_of(self, task: dict[str, Any], side: str) -> Optional[dict]:
+        """The JSON schema of a task's `input` or `output`, as its app serves it now; None if it serves it no more."""
         app = self._apps.get(task.get("app_id") or "")
         function = app.functions.get(task.get("function") or "") if app is not None else None
-        return function[f"{side}_schema"] if function is not None else {}
+        return function[f"{side}_schema"] if function is not None else None
 
     def resolve(self, ref: Optional[str], function: Optional[str], version: Optional[str] = None) -> tuple[AppInfo, str]:
         """The app and function a run request names; the `function` field wins over `:function`,

@@ -21,6 +21,8 @@ _LONG_NUMBER = re.compile(rb"\d{19}")  # orjson reads integers past 64 bits as f
 # A task's input crosses Ray inside a few more levels; ~490 levels of lists already failed
 # its serialization there (as a 503, as if the store were down), so requests stop far short.
 MAX_DEPTH = 128
+# What Python's json reads as a float past its range (inf): a 3-digit exponent, or 309 digits.
+_MAY_OVERFLOW = re.compile(rb"[eE]\+?\d{3}|\d{309}")
 
 
 def dumps(value: Any) -> bytes:
@@ -51,7 +53,8 @@ def loads(data: "str | bytes") -> Any:
 def may_need_checking(body: bytes) -> bool:
     """Whether a request body could hold what `request_problem` finds: a cheap look at the bytes,
     so that a large body of plain numbers is not walked on the event loop."""
-    return b"NaN" in body or b"Infinity" in body or body.count(b"[") + body.count(b"{") > MAX_DEPTH
+    return (b"NaN" in body or b"Infinity" in body or b"\x00" in body  # NUL: UTF-16 or -32, which json reads too
+            or _MAY_OVERFLOW.search(body) is not None or body.count(b"[") + body.count(b"{") > MAX_DEPTH)
 
 
 def request_problem(value: Any, where: str) -> Optional[str]:

@@ -22,6 +22,7 @@ _current: contextvars.ContextVar["LineSink | None"] = contextvars.ContextVar("in
 _install_lock = threading.Lock()
 _installed = False
 _print_before: Callable[..., None] = builtins.print
+_printing = threading.local()
 
 
 MAX_LINE_CHARS = 8192
@@ -114,32 +115,37 @@ def _other_handlers(handler: logging.Handler, record: logging.LogRecord) -> bool
 
 def _print(*objects: object, sep: "str | None" = " ", end: "str | None" = "\n", file: "TextIO | None" = None,
            flush: bool = False) -> None:
-    if _current.get() is None and file in (None, sys.stdout, sys.stderr):
-        _print_before(*objects, sep=sep, end=end, file=file, flush=flush)
+    sep, end = " " if sep is None else sep, "\n" if end is None else end
+    if _current.get() is None and file in (None, sys.stdout, sys.stderr) and not getattr(_printing, "now", False):
+        _printing.now = True  # a print set over ours that calls ours (`partial(print, flush=True)`) comes back here
+        try:
+            _print_before(*objects, sep=sep, end=end, file=file, flush=flush)
+        finally:
+            _printing.now = False
         return
     # In a task, or to a file of the app's own: as the builtin does (Serve's replacement
     # writes the tuple of `objects` to such a file).
     stream = sys.stdout if file is None else file
-    stream.write((" " if sep is None else sep).join(map(str, objects)) + ("\n" if end is None else end))
+    stream.write(sep.join(map(str, objects)) + end)
     if flush:
         stream.flush()
 
 
 def install() -> None:
-    """Wrap stdout/stderr (again, if something swapped them since); once, wrap `print` and add a root logging handler.
+    """Wrap stdout/stderr and `print` (again, if something swapped them since) and add a root logging handler once.
 
     `print` too, since Serve's throughput mode points it at its own logger on replicas,
-    past both the streams and the root logger. Only once: a `print` set later (an app's
-    `partial(print, flush=True)`) may call ours, and wrapping it would make a loop.
+    past both the streams and the root logger (and does again when its logging config changes).
     """
     global _installed, _print_before
     with _install_lock:
+        if builtins.print is not _print:
+            _print_before, builtins.print = builtins.print, _print
         if not isinstance(sys.stdout, _StreamProxy):
             sys.stdout = _StreamProxy(sys.stdout, "stdout")
         if not isinstance(sys.stderr, _StreamProxy):
             sys.stderr = _StreamProxy(sys.stderr, "stderr")
         if not _installed:
-            _print_before, builtins.print = builtins.print, _print
             handler = _SinkHandler()
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
             logging.getLogger().addHandler(handler)

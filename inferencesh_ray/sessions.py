@@ -22,6 +22,7 @@ from typing import Any, Optional, Protocol
 from .background import spawn
 from .code_version import LOADED
 from .store import now_iso
+from .tracebacks import describe
 
 ACTIVE, ENDED, EXPIRED = "active", "ended", "expired"
 DEFAULT_IDLE_TIMEOUT_S = 60
@@ -136,7 +137,9 @@ class SessionRegistry:
             del self._active[session.id]
             if not isinstance(exc, Exception):
                 raise  # cancelled, as Serve cancels a request's actor calls when its client leaves: no session
-            return {"refused": f"the session's worker could not start ({type(exc).__name__}: {exc})"}
+            # Ray's errors carry the worker's traceback, with the server's paths: one line reaches the client.
+            first_line = describe(exc).splitlines()[0][:200]
+            return {"refused": f"the session's worker could not start ({first_line})"}
         # Idle from now on until its first call begins: a caller gone while it opened (the
         # request cancelled, this call running on) would otherwise hold it open forever.
         session.busy = 0

@@ -10,6 +10,7 @@ toward as plain ones do. A call never silently runs on a fresh instance.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
@@ -24,6 +25,7 @@ from .events import Completed, Failed, TaskEvent
 from .host import Call
 from .problems import ApiProblem
 from .sessions import ACTIVE, DEFAULT_IDLE_TIMEOUT_S, EXPIRED, MAX_IDLE_TIMEOUT_S, MIN_IDLE_TIMEOUT_S
+from .tracebacks import describe
 
 
 class WorkerLost(Exception):
@@ -32,6 +34,7 @@ class WorkerLost(Exception):
 
 # Runs one call on a session's worker: (session id, call) -> the app host's events.
 WorkerCall = Callable[[str, Call], AsyncIterator[TaskEvent]]
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,10 +105,10 @@ class Sessions:
             session = opened["id"]
         # Apart from the request: its answer lost to a client that left (Serve cancels the
         # request's calls) would leave the call counted, the session busy and never idle.
-        joining = spawn(self.registry.begin_call(session, owner, app.name, task_id))
+        joining = spawn(self._begin_call(session, owner, app.name, task_id))
         try:
             view = await asyncio.shield(joining)
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or the registry unreachable: nothing left counted or opened for it
             self._track(self._undo_join(joining, session, owner, app.name, opened=new))
             raise
         try:
@@ -118,6 +121,11 @@ class Sessions:
         if len(self._known) > _KNOWN_SESSIONS:
             self._known.popitem(last=False)
         return Admitted(session, view["idle_timeout"], self._backend(session))
+
+    async def _begin_call(self, *args: Any) -> Optional[dict]:
+        # The actor call is made here, inside the spawned task: made as `spawn`'s argument,
+        # it would be sent from the request's context, and be cancelled with it.
+        return await self.registry.begin_call(*args)
 
     async def _undo_join(self, joining: asyncio.Future, session_id: str, owner: str, app: str, opened: bool) -> None:
         """For a caller that left while joining: end its call if it was counted in, and a session opened for it."""
@@ -134,6 +142,7 @@ class Sessions:
         """Run `undoing` apart from the caller; `close` waits for it."""
         task = spawn(undoing)
         self._releasing.add(task)
+        task.add_done_callback(_tracked_done)
         task.add_done_callback(self._releasing.discard)
 
     async def _abandon(self, session_id: str, owner: str, opened: bool) -> None:
@@ -216,6 +225,11 @@ class Sessions:
             return envelope(_found(await registry.end(session_id, caller), session_id))
 
         return router
+
+
+def _tracked_done(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _log.warning("undoing a session call that did not run failed: %s", describe(task.exception()))
 
 
 def check_session_request(session: Optional[str], timeout: Optional[int]) -> None:

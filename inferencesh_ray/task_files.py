@@ -47,7 +47,9 @@ def task_files_router(catalog: AppCatalog, dispatcher: Dispatcher, files: Server
             raise ApiProblem(400, "invalid_request", f"role must be `input` or `output`, not {role!r}")
         found = []
         for side in ROLES if role is None else (role,):
-            values = [slot.value for slot in file_slots(catalog.schema_of(task, side), task.get(side))]
+            schema = catalog.schema_of(task, side)
+            # A task of a function no longer served: every string may be a file field, or its files are lost.
+            values = _strings(task.get(side)) if schema is None else [s.value for s in file_slots(schema, task.get(side))]
             found += [(side, file, uri) for file, uri in await asyncio.to_thread(files.stored_in, values, caller)]
         return found
 
@@ -94,3 +96,16 @@ def task_files_router(catalog: AppCatalog, dispatcher: Dispatcher, files: Server
         return JSONResponse({"success": True, "data": data, "messages": []})
 
     return router
+
+
+def _strings(document: Any) -> list[str]:
+    found, stack = [], [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            found.append(item)
+    return found

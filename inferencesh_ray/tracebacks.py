@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import traceback
 
 _HIDDEN = (
@@ -10,29 +11,33 @@ _HIDDEN = (
     os.path.dirname(os.path.abspath(traceback.__file__)),  # the standard library
     "<frozen ",
 )
+_INSTALLED = re.compile(r"[/\\](site|dist)-packages[/\\]")  # installed libraries, pip's and Debian's
 
 
 def app_traceback(exc: BaseException) -> str:
     """The frames of `exc`'s traceback that belong to the app, formatted; '' if none.
 
-    Paths are relative to the directory of the outermost app frame (the app's own file), and
-    a file outside it is named by its base name: a server's paths do not reach its clients.
+    Paths are relative to the directory the app's files share, or are base names when they
+    share none but the root: a server's paths do not reach its clients.
     """
     frames = [
         frame
         for frame in traceback.extract_tb(exc.__traceback__)
-        if not frame.filename.startswith(_HIDDEN) and "site-packages" not in frame.filename
+        if not frame.filename.startswith(_HIDDEN) and not _INSTALLED.search(frame.filename)
     ]
     if not frames:
         return ""
-    root = os.path.dirname(frames[0].filename) + os.sep
+    files = [frame.filename for frame in frames if os.path.isabs(frame.filename)]  # not "<string>"
+    root = os.path.commonpath([os.path.dirname(path) for path in files]) if files else os.sep
     shown = [traceback.FrameSummary(_relative(frame.filename, root), frame.lineno, frame.name, line=frame.line)
              for frame in frames]
     return "Traceback (app frames):\n" + "".join(traceback.format_list(shown)).rstrip()
 
 
 def _relative(path: str, root: str) -> str:
-    return path[len(root):] if path.startswith(root) else os.path.basename(path)
+    if not os.path.isabs(path):
+        return path
+    return os.path.basename(path) if root == os.sep else os.path.relpath(path, root)
 
 
 def describe(exc: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -568,3 +569,26 @@ def test_an_unload_that_raises_is_logged_with_the_apps_frames_as_a_replica_or_se
     for message in failures:
         assert message.startswith("stuck: unload failed: RuntimeError: the GPU is stuck\nTraceback (app frames):")
         assert "inference.py" in message
+
+
+def test_app_frames_are_named_relative_to_the_files_they_share_and_code_from_strings_keeps_its_name(tmp_path):
+    from inferencesh_ray.tracebacks import app_traceback
+
+    (tmp_path / "app" / "appkit").mkdir(parents=True)
+    (tmp_path / "app" / "appkit" / "deco.py").write_text("def fail():\n    raise ValueError('deep')\n")
+    (tmp_path / "app" / "main.py").write_text("from appkit.deco import fail\n\ndef run():\n    fail()\n")
+    sys.path.insert(0, str(tmp_path / "app"))
+    try:
+        namespace: dict = {}
+        # The caught exception's traceback starts in the "<string>" frame, as an app's would start in its method.
+        source = "import main\ndef first():\n    try:\n        main.run()\n    except ValueError as exc:\n        return exc\n"
+        exec(compile(source, "<string>", "exec"), namespace)
+        raised = namespace["first"]()
+    finally:
+        sys.path.remove(str(tmp_path / "app"))
+        for name in ("main", "appkit", "appkit.deco"):
+            sys.modules.pop(name, None)
+    shown = app_traceback(raised)
+    assert str(tmp_path) not in shown
+    assert '"<string>", line 4' in shown  # the first frame has no path to make relative
+    assert '"main.py", line 4' in shown and f'"appkit{os.sep}deco.py", line 2' in shown

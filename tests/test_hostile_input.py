@@ -72,6 +72,12 @@ CASES = [
     ("NaN in the input", ("POST", "/apps/run", {"content": b'{"app": "file-app:inspect", "input": {"image": "data:,x", '
                                                            b'"extra": [1, NaN]}}', "headers": {"content-type": "application/json"}}),
      400, "input.extra.1: nan is not JSON"),
+    ("a number past a float's range, read as inf", ("POST", "/apps/run", {"content": b'{"app": "file-app:inspect", '
+                                                 b'"input": {"image": "data:,x", "extra": [1e999]}}', "headers": {
+                                                 "content-type": "application/json"}}), 400, "input.extra.0: inf is not JSON"),
+    ("NaN in a UTF-16 body", ("POST", "/apps/run", {"content": '{"app": "file-app:inspect", "input": {"image": "data:,x", '
+                                                               '"extra": [NaN]}}'.encode("utf-16"), "headers": {
+                                                    "content-type": "application/json"}}), 400, "input.extra.0: nan"),
     ("Infinity in the setup", ("POST", "/apps/run", {"content": b'{"app": "file-app:inspect", "input": {"image": "data:,x"}, '
                                                                 b'"setup": {"s": -Infinity}}', "headers": {"content-type": "application/json"}}),
      400, "setup.s: -inf is not JSON"),

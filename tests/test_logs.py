@@ -103,6 +103,7 @@ def test_an_app_that_wraps_print_itself_makes_no_loop(monkeypatch):
 
     logs.install()
     monkeypatch.setattr(builtins, "print", builtins.print)  # put back what the app changes below
+    monkeypatch.setattr(logs, "_print_before", logs._print_before)
     seen: list[str] = []
     with logs.capture(seen.append):
         builtins.print = functools.partial(builtins.print, flush=True)  # in an app's setup
@@ -111,3 +112,20 @@ def test_an_app_that_wraps_print_itself_makes_no_loop(monkeypatch):
         print("a task")
     print("between tasks")  # on the real stdout, no RecursionError
     assert seen == ["set up", "a task"]
+
+
+def test_print_set_again_by_the_server_is_wrapped_again(monkeypatch):
+    """Serve sets its print again when a replica's logging config changes: tasks' prints went there."""
+    import builtins
+
+    from inferencesh_ray import logs
+
+    logs.install()
+    monkeypatch.setattr(logs, "_print_before", logs._print_before)  # put back after the test
+    to_serve: list[str] = []
+    monkeypatch.setattr(builtins, "print", lambda *objects, **options: to_serve.append(" ".join(map(str, objects))))
+    seen: list[str] = []
+    with logs.capture(seen.append):
+        print("in a task")
+    print("between tasks")
+    assert seen == ["in a task"] and to_serve == ["between tasks"]

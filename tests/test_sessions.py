@@ -474,6 +474,29 @@ def test_a_caller_that_leaves_as_its_call_is_counted_in_leaves_no_session_busy(a
     assert (session["status"], session["reason"]) == ("ended", "the call that opened it did not run")
 
 
+def test_the_call_counting_a_caller_in_is_made_apart_from_its_request(apps, tmp_path, monkeypatch):
+    """On Ray the registry's methods send their actor call when called: made as `spawn`'s argument,
+    it went from the request's context, and Serve's cancelling the request cancelled it too."""
+    import contextvars
+
+    request = contextvars.ContextVar("request", default=None)
+    sent_from: list = []
+    counted = SessionRegistry.begin_call
+
+    def begin_call(self, *args):  # as RemoteActor's: the call leaves at once, its answer is awaited later
+        sent_from.append(request.get())
+        return counted(self, *args)
+
+    monkeypatch.setattr(SessionRegistry, "begin_call", begin_call)
+
+    async def body(client):
+        request.set("POST /apps/run")
+        await result(client, "a", "new")
+
+    scenario(apps, tmp_path, body)
+    assert sent_from == [None]
+
+
 def test_an_open_cancelled_while_its_worker_starts_leaves_no_session_behind(tmp_path):
     """Serve cancels a request's actor calls with it (recursively) when its client leaves: the
     session stayed live with no worker, never idle, holding a slot of max_sessions until a restart."""
@@ -667,3 +690,19 @@ def test_closing_waits_for_the_calls_admitted_for_tasks_that_never_ran_to_end(ap
         return server.sessions.registry._active[first["session_id"]].busy
 
     assert asyncio.run(main()) == 0
+
+
+def test_a_worker_that_cannot_start_is_refused_in_one_line_without_the_servers_paths(tmp_path):
+    """Ray's actor errors carry the worker's whole traceback: it reached the client in the 503's detail."""
+
+    class Unschedulable(_NoWorkers):
+        async def start(self, session_id, spec) -> str:
+            raise RuntimeError("The actor died unexpectedly.\n  File \"/srv/secret/worker.py\", line 9" + "x" * 500)
+
+    async def body():
+        registry = SessionRegistry(str(tmp_path / "tasks.sqlite3"), Unschedulable(), reap_every_s=3600)
+        return await registry.open("o", "app", "latest", 60, None), await registry.list("o")
+
+    opened, listed = asyncio.run(body())
+    assert opened == {"refused": "the session's worker could not start (RuntimeError: The actor died unexpectedly.)"}
+    assert listed == []

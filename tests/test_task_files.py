@@ -137,3 +137,28 @@ def test_only_file_fields_count_and_another_keys_file_only_by_a_link_it_shared(u
     assert [f["filename"] for f in alice.tasks.files(quoting["id"]).data] == ["bob.png"]  # by bob's signed link
     assert alice.tasks.delete_files(quoting["id"]).data["deleted"] == []
     assert httpx.get(secret["uri"]).content == b"alice only"  # quoted in a text field, not deleted
+
+
+def test_the_files_of_a_task_whose_function_is_no_longer_served_are_still_found(apps, tmp_path):
+    """With no schema to say which fields hold files, it found none: deleting the task with its
+    files deleted the task and left the files, with nothing left to find them by."""
+    from test_files_api import A, upload
+
+    async def first(client):
+        file, _ = await upload(client)
+        task = (await client.post("/apps/run", json={"app": "file-app:reverse", "input": {"image": file["uri"]}},
+                                  headers=A)).json()["data"]
+        while not TaskStatus((await client.get(f"/tasks/{task['id']}", headers=A)).json()["data"]["status"]).is_terminal:
+            await asyncio.sleep(0.01)
+        return task["id"]
+
+    task_id = run_api(apps / "file_app.py", tmp_path, first, keys=["key-a"])
+
+    async def after_a_redeploy(client):  # the same task store and files, another app served
+        listed = (await client.get(f"/tasks/{task_id}/files", headers=A)).json()["data"]
+        deleted = (await client.delete(f"/tasks/{task_id}", params={"files": "true"}, headers=A)).json()["data"]
+        return listed, deleted
+
+    listed, deleted = run_api(apps / "memory_app.py", tmp_path, after_a_redeploy, keys=["key-a"])
+    assert sorted(f["role"] for f in listed) == ["input", "output"]
+    assert sorted(deleted["files"]["deleted"]) == sorted(f["id"] for f in listed)
