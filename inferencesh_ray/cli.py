@@ -146,6 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
                  if value is not None]
         if given:
             raise UsageError(f"{', '.join(given)} apply to an app path; with a config file, set them in its `args:`")
+    _find_modules_here(args.target)  # a Ray this command starts finds them there too: Ray adds the directory to its workers' path
     return serve_forever(
         args.target,
         name=args.name,
@@ -162,11 +163,15 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _load(ref: str) -> LoadedApp:
+    _find_modules_here(ref)
+    return load_app(ref)
+
+
+def _find_modules_here(ref: str) -> None:
     if is_module_ref(ref) and os.getcwd() not in sys.path and "" not in sys.path:
         # As under `python -m`: a console script's sys.path lacks the current directory,
         # so `package.module:Class` would not find a package standing in it.
         sys.path.insert(0, os.getcwd())
-    return load_app(ref)
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -130,12 +130,12 @@ def _app_run(args: argparse.Namespace) -> int:
     params.update({key: value for key, value in optional.items() if value is not None})
     client = _client(args)
     task = client.tasks.run(params, wait=False, idempotency_key=args.idempotency_key)
-    if args.no_wait:
-        _print_json(task)
-        return 0
     session = task.get("session_id")
     where = f" in session {session} (continue it with --session {session})" if session else ""
     print(f"task {task['id']} created{where}", file=sys.stderr, flush=True)
+    if args.no_wait:
+        _print_json(task)
+        return 0
     return _wait(client, task["id"], args.timeout, JsonLines() if args.stream else LiveProgress())
 
 

@@ -193,6 +193,13 @@ def test_a_module_reference_resolves_from_the_current_directory_under_the_consol
     )
     assert result.returncode == 0, result.stderr
     assert "✓ run (default): In -> In" in result.stdout
+    # `serve` finds it too (it said "is neither a file, an app directory nor an importable module"),
+    # here up to the class it checks before Ray starts.
+    served = subprocess.run(
+        [sys.executable, "-c", script, "serve", "pkgapp.inference:Missing"],
+        capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60,
+    )
+    assert served.returncode == 1 and "no class 'Missing' in pkgapp.inference" in served.stderr, served.stderr
 
 
 def test_unreadable_files_and_inputs_that_are_no_object_are_usage_errors(tmp_path, apps):

@@ -85,6 +85,7 @@ def test_no_wait_then_task_get_stream_and_cancel(server):
     assert created.returncode == 0, created.stderr
     task = json.loads(created.stdout)
     assert set(task) == {"id", "created_at", "updated_at", "input", "output", "logs", "status"}
+    assert created.stderr == f"task {task['id']} created\n"
     got = cli(server.url, "task", "get", task["id"])
     assert json.loads(got.stdout)["function"] == "progress"
     streamed = cli(server.url, "task", "stream", task["id"])
@@ -100,6 +101,14 @@ def test_no_wait_then_task_get_stream_and_cancel(server):
     assert json.loads(cancelled.stdout)["status"] in (TaskStatus.CANCELLING, TaskStatus.CANCELLED)
     waited = cli(server.url, "task", "stream", slow["id"])
     assert waited.returncode == 1 and waited.stderr.strip() == f"error: task {slow['id']} was cancelled"
+
+
+def test_a_run_that_opens_a_session_says_which_even_without_waiting(server):
+    """--no-wait printed the created task and returned before saying, as a run does, that it opened a session."""
+    opened = cli(server.url, "app", "run", "counting", "-i", '{"text": "s"}', "--session", "new", "--no-wait")
+    assert opened.returncode == 0, opened.stderr
+    task = json.loads(opened.stdout)
+    assert f"task {task['id']} created in session {task['session_id']} (continue it with" in opened.stderr
 
 
 def test_run_stream_prints_one_json_line_per_update(server):
