@@ -9,9 +9,8 @@ it is tested with an in-process store and app host as well as on Ray.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from typing import Any, AsyncIterator, Optional
+from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,23 +25,17 @@ from .file_access import FileScope
 from .files_api import files_router
 from .host import Call
 from .idempotency import HEADER, REPLAYED_HEADER, OneAtATime, check_same_request, key_of, task_id_for
-from .json_codec import dumps, dumps_ascii, may_need_checking, request_problem
+from .json_codec import dumps, may_need_checking, request_problem
 from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
-from .recent import RecentTasks
 from .server_files import ServerFiles
 from .sessions_api import Sessions, check_session_request
-from .status import TaskStatus
-from .store import TaskExists, stream_view
+from .store import TaskExists
 from .task_files import task_files_router
+from .task_stream import RESEND_IDLE_S, task_lines
 from .writes import StoreUnavailable
 
 _log = logging.getLogger(__name__)
-# A heartbeat line keeps proxies from closing a quiet stream; the official client's idle
-# rule (30 s) needs the full task re-sent more often than that, so it is, every 15 s.
-HEARTBEAT_S = 5.0
-RESEND_IDLE_S = 15.0
-HEARTBEAT_LINE = b'{"type":"heartbeat"}\n'
 
 
 class RunRequest(BaseModel):
@@ -81,7 +74,6 @@ def create_api(
     auth: Auth,
     files: ServerFiles,
     sessions: Sessions,
-    heartbeat_s: float = HEARTBEAT_S,
     resend_idle_s: float = RESEND_IDLE_S,
 ) -> FastAPI:
     api = FastAPI(
@@ -193,7 +185,7 @@ def create_api(
     async def stream_task(task_id: str, caller: str = Depends(owner)) -> StreamingResponse:
         await task_or_404(task_id, caller)
         return StreamingResponse(
-            _task_lines(tasks, task_id, caller, heartbeat_s, resend_idle_s),
+            task_lines(tasks, task_id, caller, resend_idle_s),
             media_type="application/x-ndjson",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -211,25 +203,6 @@ def create_api(
         return {"status": "ok"}
 
     return api
-
-
-async def _task_lines(
-    tasks: RecentTasks, task_id: str, owner: str, heartbeat_s: float, resend_idle_s: float
-) -> AsyncIterator[bytes]:
-    """A snapshot first, the full task on every change, heartbeats (and the task again) when idle, ending after the terminal one."""
-    seen, sent_at = -1, 0.0
-    while True:
-        result = await tasks.watch(task_id, owner, seen, heartbeat_s)
-        if result is None:
-            return
-        version, task = result
-        if version == seen and time.monotonic() - sent_at < resend_idle_s:
-            yield HEARTBEAT_LINE
-            continue
-        seen, sent_at = version, time.monotonic()
-        yield dumps_ascii(stream_view(task)) + b"\n"
-        if TaskStatus(task["status"]).is_terminal:
-            return
 
 
 def _body_problem(error: str, content_type: Optional[str]) -> ApiProblem:

@@ -32,7 +32,6 @@ from .status import TaskStatus
 _log = logging.getLogger(__name__)
 
 LEASE_S = 20.0
-STREAM_LOG_LINES = 50
 # Every write rewrites the task's document: a task printing a line at a time for an hour
 # would make each write, and the store serving every task, slower and slower.
 MAX_LOG_LINES = 1000
@@ -408,10 +407,3 @@ def _log_index(entry: dict[str, Any]) -> int:
 
 def _log_entry(task_id: str, index: int, text: str, stamp: float) -> dict[str, Any]:
     return {"id": f"{task_id}-{index}", "task_id": task_id, "created_at": now_iso(stamp), "log_type": 4, "content": text}
-
-
-def stream_view(task: dict[str, Any]) -> dict[str, Any]:
-    """The task as sent on a stream: the last log lines only, so a line stays small."""
-    if len(task.get("logs") or ()) <= STREAM_LOG_LINES:
-        return task
-    return {**task, "logs": task["logs"][-STREAM_LOG_LINES:]}
