@@ -28,6 +28,7 @@ from .idempotency import HEADER, REPLAYED_HEADER, OneAtATime, check_same_request
 from .json_codec import dumps, may_need_checking, request_problem
 from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
+from .refs import parse_ref
 from .server_files import ServerFiles
 from .sessions_api import Sessions, check_session_request
 from .store import TaskExists
@@ -196,7 +197,8 @@ def create_api(
 
     @api.get("/apps/{app}/schema", summary="functions_schema.json of an app")
     async def app_schema(app: str, caller: str = Depends(owner)) -> JSONResponse:
-        return envelope(catalog.app(app).schema)
+        parsed = parse_ref(app)  # name[@version], as a run names it
+        return envelope(catalog.versioned(parsed.name, parsed.version).schema)
 
     @api.get("/health", summary="Liveness")
     async def health() -> dict:

@@ -64,6 +64,14 @@ class AppCatalog:
                             apps=list(self._apps))
         return self._apps[name]
 
+    def versioned(self, name: str, version: Optional[str]) -> AppInfo:
+        """The app `name` if it serves `version` (None: any)."""
+        app = self.app(name)
+        if version not in (None, LATEST, app.version):
+            raise not_found(f"app {app.name!r} has no version {version!r}; versions: {app.version}",
+                            versions=[app.version])
+        return app
+
     def schema_of(self, task: dict[str, Any], side: str) -> Optional[dict]:
         """The JSON schema of a task's `input` or `output`, as its app serves it now; None if it serves it no more."""
         app = self._apps.get(task.get("app_id") or "")
@@ -76,14 +84,12 @@ class AppCatalog:
         if not ref:
             raise ApiProblem(400, "invalid_request", "name the app to run: `app` (name[@version][:function]) or `app_id`")
         parsed = parse_ref(ref)
-        app = self.app(parsed.name)
-        wanted = parsed.version or version
-        if wanted not in (None, LATEST, app.version):
-            raise not_found(f"app {app.name!r} has no version {wanted!r}; versions: {app.version}",
-                            versions=[app.version])
+        app = self.versioned(parsed.name, parsed.version or version)
         chosen = function or parsed.function or DEFAULT_FUNCTION
         if chosen not in app.functions:
             hint = "" if function or parsed.function else " (no function was named, and it has no `run`)"
+            if function and parsed.function and parsed.function != function:
+                hint = f" (the `function` field wins over `:{parsed.function}` in `app`)"
             raise not_found(f"app {app.name!r} has no function {chosen!r}{hint}; functions: {', '.join(app.functions)}",
                             functions=list(app.functions))
         return app, chosen

@@ -213,6 +213,13 @@ def test_listing_schema_health_docs(apps, tmp_path):
         schema = (await client.get("/apps/counting/schema")).json()["data"]
         assert schema["functions"]["run"]["input_schema"]["required"] == ["text"]
         assert (await client.get("/apps/nope/schema")).status_code == 404
+        # Named as a run names it: `@version` was taken for part of the name, "unknown app 'counting@latest'".
+        assert (await client.get("/apps/counting@latest/schema")).json()["data"] == schema
+        other = await client.get("/apps/counting@v2/schema")
+        assert other.status_code == 404 and other.json()["detail"] == "app 'counting' has no version 'v2'; versions: latest"
+        # The official SDK's sessions send `function: "run"` whatever `app` says: the 404 tells why.
+        conflict = await client.post("/apps/run", json={"app": "counting:count", "function": "nope", "input": {"text": "x"}})
+        assert "(the `function` field wins over `:count` in `app`)" in conflict.json()["detail"]
         assert (await client.get("/health")).json() == {"status": "ok"}
         assert (await client.get("/docs")).status_code == 200
         assert "/apps/run" in (await client.get("/openapi.json")).json()["paths"]

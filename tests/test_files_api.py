@@ -96,6 +96,18 @@ def test_uploads_are_checked_and_files_are_private(apps, tmp_path):
     assert no_key.status_code == 401
 
 
+def test_a_server_without_keys_serves_its_files_plain_link_to_this_machine(apps, tmp_path):
+    """`GET /files/{id}/{name}` without the query needs the owner's key, and without keys there is
+    none to send: the plain link was a 404 "no file", though `GET /files/{id}` found it."""
+
+    async def body(client):
+        file, _ = await upload(client, headers={})
+        return await client.get(f"/files/{file['id']}/in.png")
+
+    plain = run_api(apps / "file_app.py", tmp_path, body, (), local_files(tmp_path / "files"))
+    assert plain.status_code == 200 and plain.content == BLOB
+
+
 def test_expired_links_are_refused(apps, tmp_path):
     async def body(client):
         file, put = await upload(client)
