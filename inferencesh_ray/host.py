@@ -385,6 +385,8 @@ class AppHost:
         last = None
         try:
             async for snapshot in method(value, **kwargs):
+                if _is_stream_delta(snapshot):
+                    continue  # a token delta: this server has no delta channel, clients get snapshots and the result
                 last = snapshot
                 emit(Output(await self._publish_outputs(function, snapshot, scope, verb="yielded")))
         except AppCodeError:
@@ -485,6 +487,11 @@ def config_key(config: Any) -> str:
     """A short stable key of a setup config: equal configs, equal keys."""
     canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _is_stream_delta(value: Any) -> bool:
+    # By name: the official `inferencesh` package, whose `StreamDelta` (`LLMDelta`, ...) an app may yield, is optional.
+    return any(cls.__name__ == "StreamDelta" for cls in type(value).__mro__)
 
 
 async def _invoke(method: Callable, args: list, what: str, threads: set[asyncio.Future], **kwargs: Any) -> Any:

@@ -592,3 +592,19 @@ def test_app_frames_are_named_relative_to_the_files_they_share_and_code_from_str
     assert str(tmp_path) not in shown
     assert '"<string>", line 4' in shown  # the first frame has no path to make relative
     assert '"main.py", line 4' in shown and f'"appkit{os.sep}deco.py", line 2' in shown
+
+
+def test_token_deltas_an_official_app_yields_are_passed_over_not_taken_for_its_output():
+    """The official contract sends yielded `StreamDelta`s (`LLMDelta`) to a delta channel: the task failed,
+    "run yielded LLMDelta, expected Out"."""
+    from inferencesh.models import LLMDelta
+
+    class Chat:
+        async def run(self, input_data: Out) -> AsyncGenerator[Out, None]:
+            for token in ("hel", "lo"):
+                yield LLMDelta(response=token)
+            yield Out(text="hello")
+
+    events = asyncio.run(events_of(AppHost(Chat), Call("run", {"text": "x"})))
+    assert events[-1] == Completed({"text": "hello"})
+    assert [event.output for event in events if isinstance(event, Output)] == [{"text": "hello"}]
