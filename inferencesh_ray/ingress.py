@@ -120,6 +120,7 @@ class Ingress:
         return self._asgi
 
     async def __del__(self) -> None:
+        self.dispatcher.tasks.end_watches()
         if self._listener is not None:
             await self._listener.close()
         await self.dispatcher.close()

@@ -80,7 +80,8 @@ class Listener:
             access_log=False,
             # The API's loopback rule must see the real peer, never a forwarded header.
             proxy_headers=False,
-            timeout_graceful_shutdown=5,
+            # Longer than a stream's quiet wait (5 s), after which it sees that watches ended.
+            timeout_graceful_shutdown=10,
         )
         self._server = _Server(config)
         self._task: Optional[asyncio.Task] = asyncio.get_running_loop().create_task(self._server.serve([self._sock]))

@@ -43,6 +43,7 @@ class RecentTasks:
         self._finished: OrderedDict[str, float] = OrderedDict()
         self._keep_s = keep_s
         self._keep = keep
+        self._closing = False
 
     def put(self, owner: str, task: Optional[dict[str, Any]]) -> None:
         """Record the task as the store returned it, and wake its watchers."""
@@ -57,6 +58,14 @@ class RecentTasks:
             self._finished[task["id"]] = time.monotonic()
             self._forget_old()
 
+    def end_watches(self) -> None:
+        """The ingress is closing: every watch answers None, now or at its timeout, so each
+        stream ends cleanly before the server stops (a stream cut off the official async
+        client does not connect again)."""
+        self._closing = True
+        for entry in self._entries.values():
+            entry.changed.set()
+
     def forget(self, task_id: str) -> None:
         """A task deleted from the store: reads of it go there (and find nothing)."""
         self._entries.pop(task_id, None)
@@ -70,16 +79,20 @@ class RecentTasks:
         return entry.task if entry.owner == owner else None
 
     async def watch(self, task_id: str, owner: str, seen: int, timeout: float) -> Optional[tuple[int, dict]]:
-        """(version, task) once the task's version passes `seen`, or the current one after `timeout`."""
+        """(version, task) once the task's version passes `seen`, or the current one after `timeout`;
+        None for another key's task, or once watches end."""
+        if self._closing:
+            return None
         entry = self._entries.get(task_id)
         if entry is None:
-            return await _read(self.store.watch(task_id, owner, seen, timeout))
+            watched = await _read(self.store.watch(task_id, owner, seen, timeout))
+            return None if self._closing else watched
         if entry.owner != owner:
             return None
         if entry.version <= seen and not TaskStatus(entry.task["status"]).is_terminal:
             with suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(entry.changed.wait(), timeout)
-        return entry.version, entry.task
+        return None if self._closing else (entry.version, entry.task)
 
     def _forget_old(self) -> None:
         deadline = time.monotonic() - self._keep_s

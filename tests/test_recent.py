@@ -83,6 +83,28 @@ def test_a_watch_wakes_on_the_change_and_finished_tasks_are_forgotten_in_turn(tm
     assert calls == ["get"]
 
 
+def test_watches_end_at_once_when_the_ingress_closes(tmp_path):
+    """uvicorn cut the streams still open 5 s into its shutdown, and the official async client,
+    its response cut, did not connect again: each stream now ends cleanly first."""
+
+    async def main():
+        store = CountingStore(tmp_path / "t.db")
+        recent = RecentTasks(store)
+        mine = await store.create("me", {"input": {}}, "d1")
+        recent.put("me", mine)
+        elsewhere = await store.create("me", {"input": {}}, "d2")  # another ingress's: watched at the store
+        waiting = [asyncio.create_task(recent.watch(task["id"], "me", 1, 0.5)) for task in (mine, elsewhere)]
+        await asyncio.sleep(0.05)
+        started = asyncio.get_running_loop().time()
+        recent.end_watches()
+        ended = await asyncio.gather(*waiting)
+        return ended, asyncio.get_running_loop().time() - started, await recent.watch(mine["id"], "me", -1, 5.0)
+
+    ended, took, later = asyncio.run(main())
+    assert ended == [None, None] and later is None
+    assert took < 0.6  # the in-memory watch at once; the store's at its timeout
+
+
 def test_events_arriving_during_a_write_go_together_in_the_next(tmp_path):
     async def backend(call, setup_key):
         yield Running()

@@ -109,3 +109,38 @@ def test_the_official_async_client_times_out_within_a_resend_of_its_timeout(url)
         return waited
 
     assert asyncio.run(scenario()) < 7
+
+
+def test_a_stream_open_as_the_ingress_closes_ends_cleanly(tmp_path):
+    """As the ingress's `__del__` closes it: watches end, then its listener stops."""
+    import httpx
+
+    from conftest import free_port
+    from inferencesh_ray.listener import Listener
+
+    server = make_server(APPS / "counting.py", tmp_path, keys=[KEY])
+    port = free_port()
+
+    async def scenario():
+        listener = Listener(server.app, f"127.0.0.1:{port}")
+        headers = {"Authorization": f"Bearer {KEY}"}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers) as client:
+            for _ in range(100):  # it starts on the loop's next turns
+                try:
+                    task = (await client.post("/apps/run", json={"app": "counting:slow", "input": {"text": "s"}})).json()
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.05)
+            async with client.stream("GET", f"/tasks/{task['data']['id']}/stream") as response:
+                lines = response.aiter_lines()
+                first = json.loads(await anext(lines))
+                started = time.monotonic()
+                server.dispatcher.tasks.end_watches()
+                closing = asyncio.create_task(listener.close())
+                rest = [line async for line in lines]  # an incomplete body raises here
+            await closing
+            await server.dispatcher.close()
+        return first, rest, time.monotonic() - started
+
+    first, rest, took = asyncio.run(scenario())
+    assert first["status"] in (TaskStatus.QUEUED, TaskStatus.RUNNING) and rest == [] and took < 2
