@@ -250,7 +250,7 @@ def _install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        code = {404: "not_found", 405: "invalid_request"}.get(exc.status_code, "invalid_request")
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")  # the SDK's ErrorCode names
         detail = str(exc.detail)
         if isinstance(exc.__cause__, RecursionError):
             detail = "the request body is nested too deeply to parse"

@@ -37,7 +37,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def add_commands(commands: Any, app_commands: Any) -> None:
-    """Register `app run` under `app`, and the `task` and `files` commands."""
+    """Register `app run` under `app`, and the `task`, `session` and `files` commands."""
     server = argparse.ArgumentParser(add_help=False)
     server.add_argument("--base-url", help=f"the server, e.g. http://127.0.0.1:8000 (default ${BASE_URL_ENV})")
     server.add_argument("--api-key", help=f"API key to send (default ${API_KEY_ENV}; a server without keys needs none)")
@@ -66,6 +66,16 @@ def add_commands(commands: Any, app_commands: Any) -> None:
     stream = task_commands.add_parser("stream", parents=[server, waiting], help="print every update as one JSON line until it ends")
     for command, handler in ((get, _task_get), (cancel, _task_cancel), (stream, _task_stream)):
         command.add_argument("task_id", metavar="ID", help="the task's id")
+        command.set_defaults(handler=handler)
+
+    session = commands.add_parser("session", help="list, read or end your sessions on a server")
+    session_commands = session.add_subparsers(title="session commands", metavar="COMMAND")
+    listed = session_commands.add_parser("list", parents=[server], help="print your sessions, live and recently ended")
+    listed.set_defaults(handler=_session_list)
+    shown = session_commands.add_parser("get", parents=[server], help="print the session as it is now")
+    ended = session_commands.add_parser("end", parents=[server], help="end the session, releasing its worker")
+    for command, handler in ((shown, _session_get), (ended, _session_end)):
+        command.add_argument("session_id", metavar="ID", help="the session's id")
         command.set_defaults(handler=handler)
 
     files = commands.add_parser("files", help="files on a server")
@@ -125,6 +135,8 @@ def _app_run(args: argparse.Namespace) -> int:
         raise UsageError("--input must be a JSON object")
     if setup is not None and not isinstance(setup, dict):
         raise UsageError("--setup must be a JSON object")
+    if args.session_timeout is not None and args.session != "new":
+        raise UsageError("--session-timeout is the idle timeout of a new session: add --session new")
     params: dict[str, Any] = {"app": args.app, "input": data}
     optional = {"function": args.function, "setup": setup, "session": args.session, "session_timeout": args.session_timeout}
     params.update({key: value for key, value in optional.items() if value is not None})
@@ -137,6 +149,25 @@ def _app_run(args: argparse.Namespace) -> int:
         _print_json(task)
         return 0
     return _wait(client, task["id"], args.timeout, JsonLines() if args.stream else LiveProgress())
+
+
+@_remote
+def _session_list(args: argparse.Namespace) -> int:
+    _print_json(_client(args).sessions.list())
+    return 0
+
+
+@_remote
+def _session_get(args: argparse.Namespace) -> int:
+    _print_json(_client(args).sessions.get(args.session_id))
+    return 0
+
+
+@_remote
+def _session_end(args: argparse.Namespace) -> int:
+    _client(args).sessions.end(args.session_id)
+    print(f"ended session {args.session_id}", file=sys.stderr)
+    return 0
 
 
 @_remote
@@ -315,10 +346,16 @@ def _wait(client: Inference, task_id: str, timeout: Optional[float], view: TaskV
             view.pause()
             answer = _ask_to_cancel(task_id)
             if answer is None:
-                print(f"\nstopped waiting; task {task_id} keeps running", file=sys.stderr)
+                print(f"\nstopped waiting; task {task_id} keeps running (`infsh-ray task cancel {task_id}` "
+                      "cancels it)", file=sys.stderr)
                 return 130
             if answer:
-                client.tasks.cancel(task_id)
+                try:
+                    client.tasks.cancel(task_id)
+                except KeyboardInterrupt:  # a second one, as a process group's signal can be
+                    print(f"\ninterrupted while cancelling: task {task_id} may still run "
+                          f"(`infsh-ray task cancel {task_id}` cancels it)", file=sys.stderr)
+                    return 130
                 print(f"cancelled task {task_id}", file=sys.stderr)
                 return 130
         finally:

@@ -139,7 +139,8 @@ class ServerFiles:
         allowed = "a URL from POST /files or a task output, or a data: URI"
         if self.config.allow_remote_urls:
             allowed += ", or an http(s) URL on a public address"
-        raise FileFetchError(f"{_shorten(uri)} is refused: this server reads {allowed}")
+        hint = "" if parsed.scheme else " (a client uploads a local path for you only if that file exists where it runs)"
+        raise FileFetchError(f"{_shorten(uri)} is refused: this server reads {allowed}{hint}")
 
     async def check(self, schema: dict, data: Any, owner: str) -> list[FieldError]:
         """Every file value of an input that `owner` may not use, with why."""

@@ -102,6 +102,8 @@ def test_malformed_json_is_400(apps, tmp_path):
         assert missing.status_code == 404 and missing.json()["type"] == "/errors/not_found"
         route = await client.get("/no/such/route")
         assert route.status_code == 404 and route.headers["content-type"] == "application/problem+json"
+        method = await client.put("/apps/run")
+        assert method.status_code == 405 and method.json()["type"] == "/errors/method_not_allowed"  # the SDK's code
 
     scenario(apps, tmp_path, body)
 

@@ -165,6 +165,7 @@ REFUSED = [
     ({"path": "/etc/passwd"}, "never by `path`"),
     ({"uri": "OWN", "path": "/etc/passwd"}, "never by `path`"),
     ("../../etc/passwd", "is refused"),
+    ("missing.txt", "(a client uploads a local path for you only if that file exists where it runs)"),
     ("http://127.0.0.1:9/x.png", "is refused"),
     ("s3://bucket/key", "is refused"),
     ("OTHER", "no such file"),

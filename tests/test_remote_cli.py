@@ -110,6 +110,16 @@ def test_a_run_that_opens_a_session_says_which_even_without_waiting(server):
     task = json.loads(opened.stdout)
     assert f"task {task['id']} created in session {task['session_id']} (continue it with" in opened.stderr
 
+    # And the session is read and ended from the command line too (it took curl -X DELETE).
+    session = task["session_id"]
+    assert session in [listed["id"] for listed in json.loads(cli(server.url, "session", "list").stdout)]
+    assert json.loads(cli(server.url, "session", "get", session).stdout)["status"] == "active"
+    ended = cli(server.url, "session", "end", session)
+    assert (ended.returncode, ended.stderr) == (0, f"ended session {session}\n")
+    assert json.loads(cli(server.url, "session", "get", session).stdout)["status"] == "ended"
+    unknown = cli(server.url, "session", "get", "nope")
+    assert unknown.returncode == 1 and "nope" in unknown.stderr
+
 
 def test_run_stream_prints_one_json_line_per_update(server):
     result = cli(server.url, "app", "run", "counting:progress", "-i", '{"text": "l", "times": 3}', "--stream")
@@ -174,6 +184,10 @@ def test_usage_errors_of_upload_and_run_say_what_is_wrong(tmp_path):
     key = cli("http://127.0.0.1:9", "app", "run", "a", "-i", "{}", "--idempotency-key", "é")
     assert key.returncode == 2
     assert key.stderr == "error: idempotency_key must be 1-255 printable ASCII characters, not 'é'\n"
+    # Said before anything is sent (it came back from the server: an HTTP 400, exit 1).
+    timeout = cli("http://127.0.0.1:9", "app", "run", "a", "-i", "{}", "--session-timeout", "30")
+    assert (timeout.returncode, timeout.stderr) == (
+        2, "error: --session-timeout is the idle timeout of a new session: add --session new\n")
 
 
 def wait_running(url: str, proc: subprocess.Popen, stderr_lines: list[str]) -> str:
@@ -253,3 +267,20 @@ def test_live_progress_on_a_terminal_draws_a_spinner_above_which_logs_scroll():
     assert "\r\x1b[Kloading\n" in text and text.count("loading\n") == 1
     assert "\r\x1b[Kprogress: {\"n\": 1}\n" in text
     assert "running (0 s)" in text and text.endswith("\r\x1b[K")
+
+
+def test_a_second_interrupt_while_cancelling_says_the_task_may_still_run(monkeypatch, capsys):
+    """Ctrl-C sent to a process group (`timeout -s INT`) reached the CLI twice: the second, during
+    the cancel, ended it with a bare "interrupted", the task still RUNNING and nothing said of it."""
+    from types import SimpleNamespace
+
+    from inferencesh_ray.remote_cli import _wait
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    client = SimpleNamespace(tasks=SimpleNamespace(stream=interrupted, cancel=interrupted))
+    monkeypatch.setattr(sys, "stdin", io.StringIO())  # no terminal: the first Ctrl-C cancels
+    assert _wait(client, "t-1", None, LiveProgress(io.StringIO())) == 130
+    assert "interrupted while cancelling: task t-1 may still run (`infsh-ray task cancel t-1` cancels it)" in (
+        capsys.readouterr().err)
