@@ -292,6 +292,9 @@ class AppHost:
         """
         async with self._gate:
             if self._setup_key != config.key:
+                if self._active:  # else a queued task looks stuck, with nothing said of why
+                    metadata.log(f"waiting for {self._active} running task(s) with another setup to finish, "
+                                 "then setting up this one's (more replicas would run them side by side)")
                 await self._quiet()
                 emit(SettingUp())
                 await self._unload()

@@ -224,12 +224,15 @@ def test_config_switch_waits_for_running_calls(counting):
             assert lifecycle == ["setup:a"]  # the switch waits for the running call
             gate.set()
             await slow
-            await switch
+            return await switch
         finally:
             app_cls.shout = original
 
-    asyncio.run(scenario())
+    switched = asyncio.run(scenario())
     assert lifecycle == ["setup:a", "shout:done", "unload:a", "setup:b"]
+    # Its logs say why it waits (a task QUEUED behind another setup's looked stuck).
+    assert switched[0] == Log("waiting for 1 running task(s) with another setup to finish, then setting up "
+                              "this one's (more replicas would run them side by side)")
 
 
 def test_official_app_gets_context_metadata_log_and_files(apps, tmp_path):
