@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,8 +59,29 @@ class _Envelope(JSONResponse):
         return dumps(content)
 
 
-def envelope(data: Any, headers: Optional[dict[str, str]] = None) -> JSONResponse:
-    return _Envelope({"success": True, "data": data, "messages": []}, headers=headers)
+def envelope(data: Any, headers: Optional[dict[str, str]] = None, messages: Sequence[dict] = ()) -> JSONResponse:
+    return _Envelope({"success": True, "data": data, "messages": list(messages)}, headers=headers)
+
+
+# Run fields of inference.sh's own platform, which this server has no counterpart for.
+_UNSUPPORTED = {
+    "run_at": "the task runs now",
+    "webhook": "no webhook is called when the task ends",
+    "infra": "tasks run on this server's Ray cluster",
+    "workers": "tasks run on this server's replicas",
+    "metadata": "no action runs when the task ends",
+}
+
+
+def _ignored(body: RunRequest) -> list[dict[str, Any]]:
+    """A warning (the envelope's `messages`, which the official SDK hands to `on_message`) per field ignored."""
+    given = body.model_extra or {}
+    return [
+        {"level": "warning", "code": "ignored_field", "meta": {"field": name},
+         "message": f"`{name}` is not supported by this server and was ignored: {effect}"}
+        for name, effect in _UNSUPPORTED.items()
+        if given.get(name) not in (None, "", [], {})
+    ]
 
 
 def create_app(catalog: "AppCatalog", dispatcher: "Dispatcher", auth: "Auth", files: "ServerFiles", sessions: "Sessions",
@@ -115,20 +136,23 @@ def create_api(
         call = Call(function, data, setup, metadata, FileScope(caller, files.base_url(request)))
         key = key_of(request.headers)
         if key is None:
-            return envelope(await submit(app, body, call, setup_key, fields, uuid.uuid4().hex, caller, keyed=False))
+            return envelope(await submit(app, body, call, setup_key, fields, uuid.uuid4().hex, caller, keyed=False),
+                            messages=_ignored(body))
         task_id = task_id_for(caller, key)
         try:
-            return envelope(await submit(app, body, call, setup_key, fields, task_id, caller, keyed=True))
+            return envelope(await submit(app, body, call, setup_key, fields, task_id, caller, keyed=True),
+                            messages=_ignored(body))
         except TaskExists:
             task = await tasks.get(task_id, caller)
         except Saturated:  # sent again while its app is full: its task is the answer, if it has one
             task = await tasks.get(task_id, caller)
             if task is None:
                 raise
-        return await replay(app.functions[function]["input_schema"], task, key, fields, body.session, caller)
+        replayed = await replay(app.functions[function]["input_schema"], task, key, fields, body.session, caller)
+        return envelope(replayed, headers={REPLAYED_HEADER: "true"}, messages=_ignored(body))
 
     async def replay(schema: dict, task: Optional[dict], key: str, fields: dict[str, Any], session: Optional[str],
-                     caller: str) -> JSONResponse:
+                     caller: str) -> dict:
         """The task `key` made, for a request sent again; 422 when it is not the same request."""
         if task is None:  # pruned in between: its retention ran out
             raise ApiProblem(409, "idempotency_key_reused", f"the task {HEADER} {key!r} named is no longer kept; "
@@ -136,7 +160,7 @@ def create_api(
         first = {**task, "input": await files.identities(schema, task.get("input"), caller)}
         check_same_request(first, {**fields, "input": await files.identities(schema, fields["input"], caller)},
                            session, key)
-        return envelope(task, headers={REPLAYED_HEADER: "true"})
+        return task
 
     async def submit(app: AppInfo, body: RunRequest, call: Call, setup_key: str, fields: dict[str, Any], task_id: str,
                      caller: str, keyed: bool) -> dict:

@@ -144,3 +144,21 @@ def test_a_stream_open_as_the_ingress_closes_ends_cleanly(tmp_path):
 
     first, rest, took = asyncio.run(scenario())
     assert first["status"] in (TaskStatus.QUEUED, TaskStatus.RUNNING) and rest == [] and took < 2
+
+
+def test_run_fields_this_server_has_no_counterpart_for_are_ignored_with_a_warning(url):
+    """`run_at` ran the task at once and `webhook` was never called, with nothing said: the SDK
+    hands an answer's `messages` to `on_message`."""
+    from inferencesh import Inference
+
+    received: list = []
+    client = Inference(api_key=KEY, base_url=url, on_message=received.extend)
+    task = client.run({"app": "counting", "input": {"text": "w"}, "run_at": "2030-01-01T00:00:00Z",
+                       "webhook": "https://example.com/hook", "infra": None}, wait=False)
+    assert task["id"]
+    assert [(m["level"], m["code"], m["meta"]) for m in received] == [
+        ("warning", "ignored_field", {"field": "run_at"}), ("warning", "ignored_field", {"field": "webhook"})]
+    assert received[0]["message"] == "`run_at` is not supported by this server and was ignored: the task runs now"
+    received.clear()
+    client.run({"app": "counting", "input": {"text": "plain"}}, wait=False)
+    assert received == []
