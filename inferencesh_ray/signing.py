@@ -12,12 +12,13 @@ import hmac
 import re
 import time
 from typing import Optional
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 # Both come from the query string, so anything may arrive: only plain ASCII digits (int() of
 # thousands of them raises) and the hex digest we issue (compare_digest refuses non-ASCII).
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 _SIGNATURE = re.compile(r"[0-9a-f]{40}")
+_NOT_URL_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class UrlSigner:
@@ -26,7 +27,10 @@ class UrlSigner:
         self.ttl_s = ttl_s
 
     def download_url(self, base_url: str, file_id: str, filename: str) -> str:
-        return f"{base_url}/files/{file_id}/{quote(filename)}?{self._query('get', file_id)}"
+        # The route reads only the id: the name is there for clients that name a download after
+        # the URL, as the official SDK's File does without unquoting it ("my%20photo.png").
+        name = _NOT_URL_SAFE.sub("_", filename)
+        return f"{base_url}/files/{file_id}/{name if name.strip('.') else 'file'}?{self._query('get', file_id)}"
 
     def upload_url(self, base_url: str, file_id: str) -> str:
         return f"{base_url}/files/{file_id}/upload?{self._query('put', file_id)}"

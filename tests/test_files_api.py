@@ -525,6 +525,8 @@ def test_downloads_name_the_file_per_rfc_6266_and_serve_its_type_as_stored(apps,
         assert re.fullmatch(rf"inline(?:{PARAM})+", header) and re.findall(PARAM, header) == ["filename", "filename*"]
         assert unquote(header.rsplit("filename*=UTF-8''", 1)[1]) == name  # the exact name
         assert head.status_code == 200 and head.content == b"" and dict(head.headers) == dict(got.headers)
+    # The URL names it in plain ASCII: the official SDK's File names its download after the URL, not unquoted.
+    assert [got.url.path.rsplit("/", 1)[1] for got, _ in answers] == ["__.png", "a_b.png", "r.pdf___filename__UTF-8__evil.exe__x__"]
     assert answers[0][0].headers["content-disposition"] == "inline; filename=\"__.png\"; filename*=UTF-8''%E6%97%A5%E6%9C%AC.png"
     assert answers[1][0].headers["content-disposition"].startswith('inline; filename="a_b.png"')
 
