@@ -9,7 +9,7 @@ import httpx
 import pytest
 from client_support import serving
 from conftest import APPS
-from helpers import make_server, run_api
+from helpers import make_server, run_api, wait_terminal
 from inferencesh import UploadFileOptions, inference
 from inferencesh.models.errors import APIError
 
@@ -107,14 +107,10 @@ def test_our_client_lists_and_deletes_a_tasks_files_and_the_task(url, mode):
 
 def test_deletes_of_one_tasks_files_sent_together_each_answer(apps, tmp_path):
     """The ones that lost the race raised FileNotFoundError: a 500, which a client sends again."""
-    from test_files_api import A, upload
+    from test_files_api import A
 
     async def body(client):
-        file, _ = await upload(client)
-        task = (await client.post("/apps/run", json={"app": "file-app:reverse", "input": {"image": file["uri"]}},
-                                  headers=A)).json()["data"]
-        while not TaskStatus((await client.get(f"/tasks/{task['id']}", headers=A)).json()["data"]["status"]).is_terminal:
-            await asyncio.sleep(0.01)
+        task = await _reversed_upload(client)
         answers = await asyncio.gather(*(client.delete(f"/tasks/{task['id']}/files", headers=A) for _ in range(4)))
         return [(answer.status_code, answer.json()["data"]["deleted"]) for answer in answers]
 
@@ -142,15 +138,10 @@ def test_only_file_fields_count_and_another_keys_file_only_by_a_link_it_shared(u
 def test_the_files_of_a_task_whose_function_is_no_longer_served_are_still_found(apps, tmp_path):
     """With no schema to say which fields hold files, it found none: deleting the task with its
     files deleted the task and left the files, with nothing left to find them by."""
-    from test_files_api import A, upload
+    from test_files_api import A
 
     async def first(client):
-        file, _ = await upload(client)
-        task = (await client.post("/apps/run", json={"app": "file-app:reverse", "input": {"image": file["uri"]}},
-                                  headers=A)).json()["data"]
-        while not TaskStatus((await client.get(f"/tasks/{task['id']}", headers=A)).json()["data"]["status"]).is_terminal:
-            await asyncio.sleep(0.01)
-        return task["id"]
+        return (await _reversed_upload(client))["id"]
 
     task_id = run_api(apps / "file_app.py", tmp_path, first, keys=["key-a"])
 
@@ -162,3 +153,13 @@ def test_the_files_of_a_task_whose_function_is_no_longer_served_are_still_found(
     listed, deleted = run_api(apps / "memory_app.py", tmp_path, after_a_redeploy, keys=["key-a"])
     assert sorted(f["role"] for f in listed) == ["input", "output"]
     assert sorted(deleted["files"]["deleted"]) == sorted(f["id"] for f in listed)
+
+
+async def _reversed_upload(client) -> dict:
+    """A finished task of `file-app:reverse` on a file just uploaded (with key A)."""
+    from test_files_api import A, upload
+
+    file, _ = await upload(client)
+    task = (await client.post("/apps/run", json={"app": "file-app:reverse", "input": {"image": file["uri"]}},
+                              headers=A)).json()["data"]
+    return await wait_terminal(client, task["id"], headers=A)
