@@ -1,4 +1,4 @@
-"""The HTTP API: routing, auth, validation, the `{"data": ...}` envelope and NDJSON streams.
+"""The HTTP API: routing, auth, validation and NDJSON streams.
 
 It stays thin: it translates HTTP to the catalog (which app, is the input valid), the
 dispatcher (start or cancel a task) and its recent tasks (read or watch a task), and
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,11 +21,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from .auth import Auth
 from .catalog import AppCatalog, AppInfo
 from .dispatch import Dispatcher, Saturated
+from .envelope import envelope
 from .file_access import FileScope
 from .files_api import files_router
 from .host import Call
 from .idempotency import HEADER, REPLAYED_HEADER, OneAtATime, check_same_request, key_of, task_id_for
-from .json_codec import dumps, may_need_checking, request_problem
+from .json_codec import may_need_checking, request_problem
 from .middleware import MAX_REQUEST_BYTES, BodyLimit, CollapseSlashes
 from .problems import ApiProblem, invalid_fields, not_found
 from .refs import parse_ref
@@ -52,15 +53,6 @@ class RunRequest(BaseModel):
     session: Optional[str] = Field(None, description='"new", or a session id')
     session_timeout: Optional[int] = Field(None, description="Idle timeout of a new session, 1-3600 s")
     version_id: Optional[str] = Field(None, description="The app's version, when `app` has no @version")
-
-
-class _Envelope(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        return dumps(content)
-
-
-def envelope(data: Any, headers: Optional[dict[str, str]] = None, messages: Sequence[dict] = ()) -> JSONResponse:
-    return _Envelope({"success": True, "data": data, "messages": list(messages)}, headers=headers)
 
 
 # Run fields of inference.sh's own platform, which this server has no counterpart for.

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from .envelope import envelope
 from .problems import ApiProblem, not_found
 from .server_files import ServerFiles
 from .storage import DEFAULT_MEDIA_TYPE, MAX_MEDIA_TYPE_CHARS, FileStore, StoredFile, is_media_type
@@ -83,7 +84,7 @@ def files_router(files: ServerFiles, owner: Callable[..., Awaitable[str]]) -> AP
             await asyncio.to_thread(store.create, caller, wanted.filename, wanted.content_type, wanted.size)
             for wanted in body.files
         ]
-        return JSONResponse({"success": True, "data": [describe(f, request, upload=True) for f in created], "messages": []})
+        return envelope([describe(f, request, upload=True) for f in created])
 
     @router.put("/files/{file_id}/upload", summary="Upload a file's bytes (signed URL; no API key needed)")
     async def upload(file_id: str, request: Request, expires: Optional[str] = None, signature: Optional[str] = None) -> JSONResponse:
@@ -104,14 +105,14 @@ def files_router(files: ServerFiles, owner: Callable[..., Awaitable[str]]) -> AP
             raise ApiProblem(400, "invalid_request", "the client went away before the whole body came; PUT it again") from None
         if done is None:
             raise _already_uploaded()
-        return JSONResponse({"success": True, "data": describe(done, request), "messages": []})
+        return envelope(describe(done, request))
 
     @router.get("/files/{file_id}", summary="A file you own, with a fresh download URL")
     async def get_file(file_id: str, request: Request, caller: str = Depends(owner)) -> JSONResponse:
         file = await file_or_404(file_id)
         if file.owner != caller:
             raise not_found(f"no file {file_id!r}")
-        return JSONResponse({"success": True, "data": describe(file, request), "messages": []})
+        return envelope(describe(file, request))
 
     @router.get("/files/{file_id}/{filename}", summary="Download a file (signed URL, or your API key)")
     # HEAD is part of GET in HTTP (RFC 9110), so it is left out of the API description, as Starlette does.

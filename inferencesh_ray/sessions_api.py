@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse
 from .background import spawn
 from .catalog import AppInfo
 from .dispatch import Backend, Dispatcher
+from .envelope import envelope
 from .events import Completed, Failed, TaskEvent
 from .host import Call
 from .problems import ApiProblem
@@ -201,9 +202,6 @@ class Sessions:
     def router(self, owner: Callable[..., Awaitable[str]]) -> APIRouter:
         router = APIRouter(tags=["sessions"])
         registry = self.registry
-
-        def envelope(data: Any) -> JSONResponse:
-            return JSONResponse({"success": True, "data": data, "messages": []})
 
         @router.get("/sessions", summary="Your sessions")
         async def list_sessions(caller: str = Depends(owner)) -> JSONResponse:

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 
 from .catalog import AppCatalog
 from .dispatch import Dispatcher
+from .envelope import envelope
 from .file_fields import file_slots
 from .problems import ApiProblem, not_found
 from .server_files import ServerFiles
@@ -76,13 +77,13 @@ def task_files_router(catalog: AppCatalog, dispatcher: Dispatcher, files: Server
                 {"uri": uri, "filename": file.filename, "content_type": file.content_type, "size": file.size})}
             for side, file, uri in await files_of(task, role, caller)
         ]
-        return JSONResponse({"success": True, "data": listed, "messages": []})
+        return envelope(listed)
 
     @router.delete("/tasks/{task_id}/files", summary="Delete a finished task's files (yours), keeping the task")
     async def delete_task_files(task_id: str, role: Optional[str] = None, caller: str = Depends(owner)) -> JSONResponse:
         task = await task_or_404(task_id, caller, finished=True)
         result = await delete_files(await files_of(task, role, caller), caller)
-        return JSONResponse({"success": True, "data": result, "messages": []})
+        return envelope(result)
 
     @router.delete("/tasks/{task_id}", summary="Delete a finished task; with ?files=true its files (yours) too")
     async def delete_task(task_id: str, with_files: bool = Query(False, alias="files"),
@@ -93,7 +94,7 @@ def task_files_router(catalog: AppCatalog, dispatcher: Dispatcher, files: Server
             data["files"] = await delete_files(await files_of(task, None, caller), caller)
         if not await dispatcher.delete(task_id, caller):
             raise not_found(f"no task {task_id!r}")  # deleted meanwhile, through another ingress
-        return JSONResponse({"success": True, "data": data, "messages": []})
+        return envelope(data)
 
     return router
 
