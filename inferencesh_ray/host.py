@@ -257,6 +257,14 @@ class AppHost:
             await self._quiet()
             await self._unload()
 
+    async def close_for_good(self) -> None:
+        """`close`, as the process serving the app goes anyway: an `unload` that raises is logged,
+        in the app's own frames, rather than raised."""
+        try:
+            await self.close()
+        except AppCodeError as exc:
+            _log.error("%s: %s\n%s", self.app_id, exc, exc.traceback)
+
     async def _serve(self, call: Call, emit: Callable[[Any], None]) -> None:
         metadata = Metadata(**{"app_id": self.app_id, **call.metadata})
         metadata._log_sink = lambda text: emit(Log(text))

@@ -346,20 +346,23 @@ def _wait(client: Inference, task_id: str, timeout: Optional[float], view: TaskV
             view.pause()
             answer = _ask_to_cancel(task_id)
             if answer is None:
-                print(f"\nstopped waiting; task {task_id} keeps running (`infsh-ray task cancel {task_id}` "
-                      "cancels it)", file=sys.stderr)
+                print(f"\nstopped waiting; task {task_id} keeps running {_cancel_hint(task_id)}", file=sys.stderr)
                 return 130
             if answer:
                 try:
                     client.tasks.cancel(task_id)
                 except KeyboardInterrupt:  # a second one, as a process group's signal can be
-                    print(f"\ninterrupted while cancelling: task {task_id} may still run "
-                          f"(`infsh-ray task cancel {task_id}` cancels it)", file=sys.stderr)
+                    print(f"\ninterrupted while cancelling: task {task_id} may still run {_cancel_hint(task_id)}",
+                          file=sys.stderr)
                     return 130
                 print(f"cancelled task {task_id}", file=sys.stderr)
                 return 130
         finally:
             view.pause()
+
+
+def _cancel_hint(task_id: str) -> str:
+    return f"(`infsh-ray task cancel {task_id}` cancels it)"
 
 
 def _ask_to_cancel(task_id: str) -> Optional[bool]:

@@ -7,20 +7,16 @@ routes them to replicas already warm with that config; the host itself runs
 
 from __future__ import annotations
 
-import logging
 from contextlib import aclosing
 from typing import AsyncIterator, Optional
 
 from ray import serve
 
-from .errors import AppCodeError
 from .events import TaskEvent
 from .host import AppHost, Call
 from .local_ray import pin_replica_grpc_to_node_address
 from .server_files import FilesConfig, ServerFiles
 from .session_worker import replica_actor_options
-
-_log = logging.getLogger(__name__)
 
 
 class AppReplica:
@@ -46,7 +42,4 @@ class AppReplica:
         return setup_key
 
     async def __del__(self) -> None:
-        try:
-            await self.host.close()
-        except AppCodeError as exc:  # the replica goes anyway; its log says why, in the app's own frames
-            _log.error("%s: %s\n%s", self.host.app_id, exc, exc.traceback)
+        await self.host.close_for_good()

@@ -108,9 +108,12 @@ class ServerFiles:
 
     def _signed_link(self, file: StoredFile, uri: str) -> bool:
         """Whether `uri` is a download link its owner's key was given (expired or not)."""
-        query = parse_qs(urlparse(uri).query)
-        refused = self.signer.check("get", file.id, *(query.get(name, [None])[0] for name in ("expires", "signature")))
-        return refused in (None, "this link has expired")
+        return self._link_refusal(file, urlparse(uri).query) in (None, "this link has expired")
+
+    def _link_refusal(self, file: StoredFile, query: str) -> Optional[str]:
+        """Why a download link's query does not sign `file`'s download now; None when it does."""
+        given = parse_qs(query)
+        return self.signer.check("get", file.id, *(given.get(name, [None])[0] for name in ("expires", "signature")))
 
     # -- inputs -------------------------------------------------------------------
 
@@ -198,9 +201,7 @@ class ServerFiles:
         return self.store.get(match.group(1)) if match else None
 
     def _authorize(self, stored: StoredFile, parsed, owner: str, uri: str) -> Source:
-        query = parse_qs(parsed.query)
-        signed = self.signer.check("get", stored.id, *(query.get(k, [None])[0] for k in ("expires", "signature")))
-        if stored.owner != owner and signed is not None:
+        if stored.owner != owner and self._link_refusal(stored, parsed.query) is not None:
             # Another key's file, without a valid link: as if it did not exist.
             raise FileFetchError(f"no such file: {_shorten(uri)}")
         if not stored.complete:

@@ -9,7 +9,6 @@ which finds it again by the session id. Calls run one at a time, in arrival orde
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import OrderedDict
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -18,14 +17,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import ray
 
 from .background import spawn
-from .errors import AppCodeError
 from .events import Cancelled, TaskEvent
 from .host import AppHost, Call
 from .server_files import FilesConfig, ServerFiles
 from .sessions_api import WorkerLost
 
 NAMESPACE = "inferencesh_ray"
-_log = logging.getLogger(__name__)
 _RELEASE_TIMEOUT_S = 30.0
 _START_TIMEOUT_S = 20.0
 
@@ -103,10 +100,7 @@ class SessionWorker:
         for task in list(self._calls):
             task.cancel()
         await asyncio.gather(*self._calls, return_exceptions=True)
-        try:
-            await self.host.close()
-        except AppCodeError as exc:  # the worker goes anyway; its log (on the driver's console) says why
-            _log.error("%s: %s\n%s", self.host.app_id, exc, exc.traceback)
+        await self.host.close_for_good()  # its log is on the driver's console
 
 
 class RayWorkers:
